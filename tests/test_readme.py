@@ -1,0 +1,32 @@
+"""The README's two set-up commands are the ones CI and users run."""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import REPO
+
+
+def quick_start_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
+
+
+def test_exactly_two_setup_commands() -> None:
+    commands = quick_start_commands()
+    assert len(commands) == 2 and all("\n" not in c for c in commands)
+    main_job, tests = commands
+    assert "pip install -e ." in main_job and "facestream analyze" in main_job
+    assert "pytest" in tests
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert quick_start_commands()[1] in ci
+
+
+def test_readme_sample_image_exists() -> None:
+    main_job = quick_start_commands()[0]
+    sample = main_job.rsplit(" ", 1)[1]
+    assert (REPO / sample).resolve().is_file()
