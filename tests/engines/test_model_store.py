@@ -93,7 +93,7 @@ def test_no_network_gives_a_clear_error_and_no_half_written_cache(
 
 def tampered_wheelhouse(wheelhouse: Path, tmp_path: Path) -> Path:
     """The real wheel with one weight file altered by one byte."""
-    original = next(wheelhouse.glob("*.whl"))
+    original = next(wheelhouse.glob("facenet_pytorch-*.whl"))
     folder = tmp_path / "tampered"
     folder.mkdir()
     with zipfile.ZipFile(original) as src, zipfile.ZipFile(folder / original.name, "w") as dst:
@@ -125,7 +125,7 @@ def test_killed_fetch_leaves_no_half_written_bundle(wheelhouse: Path, tmp_path: 
     home = tmp_path / "home"
     env = {**os.environ, "FACESTREAM_HOME": str(home)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream_worker.cli", "models", "fetch", "--from", str(wheelhouse)],
+        [sys.executable, "-m", "stream_worker.cli", "models", "fetch", "mtcnn", "--from", str(wheelhouse)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     models = home / "models"

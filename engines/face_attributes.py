@@ -1,0 +1,197 @@
+"""Per-face analysis results and the decoders that produce them from raw outputs.
+
+Decoders are pure functions of network outputs and geometry; they hold constants, never
+sessions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+# --- age and gender -----------------------------------------------------------------------
+
+AGE_CLASSES = np.concatenate([[0.25], np.arange(1, 81)]).astype(np.float64)
+"""The age (years) each of the age net's 81 classes stands for."""
+
+
+def decode_age(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Expected age and the distribution's standard deviation, in years, per face."""
+    p = probabilities.astype(np.float64)
+    mean = p @ AGE_CLASSES
+    var = p @ AGE_CLASSES**2 - mean**2
+    return mean.astype(np.float32), np.sqrt(np.maximum(var, 0.0)).astype(np.float32)
+
+
+def decode_gender(probabilities: np.ndarray) -> np.ndarray:
+    """P(male) per face (the net's outputs are ordered female, male)."""
+    return probabilities[:, 1].astype(np.float32)
+
+
+# --- head pose from MTCNN's 5 landmarks ------------------------------------------------------
+
+# A generic face in millimetres, camera-aligned for a frontal face: x to the image's right,
+# y down, z away from the camera; origin at the nose tip. Points in MTCNN's order: left eye
+# centre, right eye centre, nose tip, left and right mouth corners (image left/right).
+# x and y: the median MTCNN landmark layout of the 136 single-face photos of the shared
+# set, eye line level, scaled to a 63 mm distance between the eyes (nose 0.606 and mouth
+# 1.045 eye-distances below the eye line, mouth 0.45 eye-distances wide on each side);
+# depths: typical anthropometry (eyes 25 mm, mouth corners 18 mm behind the nose tip).
+FACE_MODEL_MM = np.array(
+    [[-31.5, -38.2, 25.0], [31.5, -38.2, 25.0], [0.0, 0.0, 0.0], [-28.2, 27.6, 18.0], [28.2, 27.6, 18.0]],
+    dtype=np.float64,
+)
+
+
+def head_pose(landmarks: np.ndarray, image_width: int, image_height: int) -> np.ndarray:
+    """(yaw, pitch, roll) in degrees from MTCNN's 5 landmarks, per face.
+
+    Fits :data:`FACE_MODEL_MM` to the landmarks with OpenCV's SQPnP, for a pinhole camera
+    with focal length max(width, height) and the principal point at the image centre, and
+    decomposes the rotation. Signs: yaw > 0 when the face turns towards the image's right,
+    pitch > 0 when it tilts up, roll > 0 when it leans clockwise in the image. A generic
+    model makes this a coarse estimate (about +-10 degrees), good for ranking shots.
+    Degenerate landmarks give NaN (quality then treats the pose as unusable).
+    """
+    focal = float(max(image_width, image_height))
+    camera = np.array([[focal, 0, image_width / 2], [0, focal, image_height / 2], [0, 0, 1]], dtype=np.float64)
+    out = np.zeros((len(landmarks), 3), np.float32)
+    for i, points in enumerate(landmarks.astype(np.float64)):
+        try:
+            ok, rvec, _ = cv2.solvePnP(FACE_MODEL_MM, points.reshape(5, 1, 2), camera, None, flags=cv2.SOLVEPNP_SQPNP)
+        except cv2.error:  # degenerate landmarks (e.g. all in one point on a tiny face)
+            ok = False
+        if not ok:
+            out[i] = np.nan
+            continue
+        rotation, _ = cv2.Rodrigues(rvec)
+        angles = cv2.RQDecomp3x3(rotation)[0]  # degrees about x, y, z
+        pitch, yaw, roll = angles
+        out[i] = (-yaw, -pitch, roll)
+    return out
+
+
+# --- quality ---------------------------------------------------------------------------------
+
+QUALITY_FULL_SIZE_PX = 112.0
+"""Face side (pixels of the frame) at and above which size no longer limits quality."""
+QUALITY_MIN_SIZE_PX = 20.0
+"""Face side at and below which quality is 0."""
+QUALITY_SHARPNESS_HALF = 60.0
+"""Variance of the Laplacian of the 150 px gray chip at which sharpness scores 0.5."""
+
+
+def sharpness(chips150: np.ndarray) -> np.ndarray:
+    """Variance of the Laplacian of each (150, 150, 3) uint8 RGB chip's gray image."""
+    values = np.empty(len(chips150), np.float32)
+    for i, chip in enumerate(chips150):
+        gray = cv2.cvtColor(chip, cv2.COLOR_RGB2GRAY)
+        values[i] = cv2.Laplacian(gray, cv2.CV_32F).var()
+    return values
+
+
+def quality_score(
+    face_side_px: np.ndarray, laplacian_var: np.ndarray, pose_deg: np.ndarray, detector_score: np.ndarray
+) -> np.ndarray:
+    """Face quality in [0, 1]: the geometric mean of four factors, each in [0, 1].
+
+    - size: (side - 20) / (112 - 20), clipped: 0 for faces of 20 px or less, 1 from 112 px.
+    - sharpness: v / (v + 60), v the variance of the Laplacian of the 150 px gray chip.
+    - pose: cos(yaw) * cos(pitch), 0 beyond 90 degrees.
+    - detection: the detector's face probability.
+
+    Any factor at 0 makes the quality 0. A frontal, sharp, large face scores above 0.9.
+    """
+    size = np.clip((face_side_px - QUALITY_MIN_SIZE_PX) / (QUALITY_FULL_SIZE_PX - QUALITY_MIN_SIZE_PX), 0, 1)
+    sharp = laplacian_var / (laplacian_var + QUALITY_SHARPNESS_HALF)
+    yaw, pitch = np.radians(np.nan_to_num(pose_deg[:, 0], nan=90.0)), np.radians(np.nan_to_num(pose_deg[:, 1], nan=90.0))
+    pose = np.clip(np.cos(yaw), 0, 1) * np.clip(np.cos(pitch), 0, 1)
+    factors = np.stack([size, sharp, pose, np.clip(detector_score, 0, 1)]).astype(np.float64)
+    return np.prod(factors, axis=0) ** 0.25
+
+
+# --- the result type -------------------------------------------------------------------------
+
+
+def _column(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    array = np.array(value, dtype=np.float32, copy=True)
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+    array.flags.writeable = False
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class FaceAttributes:
+    """Multi-task results for the faces of one image, row i for detection i.
+
+    - ``embeddings``: (N, 128) L2-normalised identity embeddings (cosine = dot product).
+    - ``descriptor_norms``: (N,) norms of dlib's raw descriptors: ``embeddings * norms``
+      gives dlib's own values, on whose scale dlib's same-person threshold is 0.6.
+    - ``ages``, ``age_stds``: (N,) expected age and the spread of the predicted distribution.
+    - ``male_probs``: (N,) P(male).
+    - ``poses``: (N, 3) yaw, pitch, roll in degrees (see :func:`head_pose`).
+    - ``qualities``: (N,) in [0, 1] (see :func:`quality_score`).
+    - ``align_points``: (N, 5, 2) dlib's 5 points the chips were aligned on.
+    """
+
+    embeddings: np.ndarray
+    descriptor_norms: np.ndarray
+    ages: np.ndarray
+    age_stds: np.ndarray
+    male_probs: np.ndarray
+    poses: np.ndarray
+    qualities: np.ndarray
+    align_points: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = np.asarray(self.embeddings).shape[0]
+        shapes = {
+            "embeddings": (n, 128), "descriptor_norms": (n,), "ages": (n,), "age_stds": (n,),
+            "male_probs": (n,), "poses": (n, 3), "qualities": (n,), "align_points": (n, 5, 2),
+        }
+        for name, shape in shapes.items():
+            object.__setattr__(self, name, _column(name, getattr(self, name), shape))
+
+    @classmethod
+    def empty(cls) -> FaceAttributes:
+        return cls(
+            np.zeros((0, 128)), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 3)), np.zeros(0),
+            np.zeros((0, 5, 2)),
+        )
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def __getitem__(self, index: Any) -> FaceAttributes:
+        if isinstance(index, (int, np.integer)):
+            index = [int(index)]
+        return FaceAttributes(
+            self.embeddings[index], self.descriptor_norms[index], self.ages[index], self.age_stds[index],
+            self.male_probs[index], self.poses[index], self.qualities[index], self.align_points[index],
+        )
+
+    @property
+    def descriptors(self) -> np.ndarray:
+        """dlib's raw descriptors (N, 128)."""
+        return self.embeddings * self.descriptor_norms[:, None]
+
+    def to_json(self, i: int, *, embedding: bool = False) -> dict[str, Any]:
+        """The JSON fields of face ``i``."""
+        male = float(self.male_probs[i])
+        yaw, pitch, roll = (None if math.isnan(v) else round(float(v), 1) for v in self.poses[i])
+        record: dict[str, Any] = {
+            "age": round(float(self.ages[i]), 1),
+            "age_std": round(float(self.age_stds[i]), 1),
+            "gender": "male" if male > 0.5 else "female",
+            "gender_score": round(max(male, 1.0 - male), 4),
+            "pose": {"yaw": yaw, "pitch": pitch, "roll": roll},
+            "quality": round(float(self.qualities[i]), 3),
+        }
+        if embedding:
+            record["embedding"] = [round(float(v), 6) for v in self.embeddings[i]]
+        return record
