@@ -4,7 +4,9 @@ FaceStream's call aligns each face (dlib 5-point landmarks in the detector box, 
 chips) and runs the embedding, age and gender nets, then pose and quality. The baseline
 is dlib-bin's own pipeline for the embedding alone: the same 5-point landmarks, then
 ``face_recognition_model_v1.compute_face_descriptor`` (which cuts its chip itself).
-Faces are the MTCNN detections of the shared photos, cycled; the detector is not timed.
+Two face sets, each cycled, the detector not timed: faces of the shared photos (40
+deepface photos: large faces, 300-600 px) and faces of frames of the shared video (every
+5th frame of the Hamilton clip: 40-130 px faces, typical of a stream).
 
 Run by hand: ``python benchmarks/bench_multitask.py`` (needs dlib-bin, a dependency).
 """
@@ -20,7 +22,7 @@ import cv2
 import dlib
 import numpy as np
 
-from bench_detector import cpu_model
+from bench_detector import DEFAULT_VIDEO, cpu_model, decode
 from engines import EngineRuntime, FaceDetections, MTCNNDetector, ModelStore, RuntimeConfig, read_image_file
 from engines.align import FaceAligner, square_box
 from engines.catalog import MULTITASK, SHAPE_PREDICTOR_FILE
@@ -31,10 +33,9 @@ FACES_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/faces"
 PHOTOS = sorted((FACES_DIR / "deepface/tests/unit/dataset").glob("img*.jpg"))[:40]
 
 
-def collect_faces(detector: MTCNNDetector) -> list[tuple[np.ndarray, FaceDetections]]:
+def collect_faces(detector: MTCNNDetector, images: list[np.ndarray]) -> list[tuple[np.ndarray, FaceDetections]]:
     faces = []
-    for path in PHOTOS:
-        image = read_image_file(path)
+    for image in images:
         found = detector.detect(image)
         for i in range(len(found)):
             faces.append((image, found[i]))
@@ -75,30 +76,37 @@ def main() -> None:
     args = parser.parse_args()
     store = ModelStore()
     with EngineRuntime(RuntimeConfig(device="cpu")) as runtime:
-        faces = collect_faces(MTCNNDetector.create(runtime=runtime, store=store))
+        detector = MTCNNDetector.create(runtime=runtime, store=store)
+        face_sets = {
+            "photos": collect_faces(detector, [read_image_file(p) for p in PHOTOS]),
+            "video": collect_faces(detector, decode(DEFAULT_VIDEO)[::5]),
+        }
         net = MultiTaskNet.create(runtime=runtime, store=store)
-        time_facestream(net, faces, 8, 2.0)  # warm-up
-        results: dict[str, list[float]] = {"dlib-bin compute_face_descriptor (1 face per call)": []}
-        for batch in (1, 8, 32):
-            results[f"FaceStream multi-task, batch {batch}"] = []
-        for _ in range(args.repeats):
-            results["dlib-bin compute_face_descriptor (1 face per call)"].append(
-                time_dlib(faces, store.bundle_dir(MULTITASK), args.dlib_dat, args.seconds)
-            )
-            for batch in (1, 8, 32):
-                results[f"FaceStream multi-task, batch {batch}"].append(
-                    time_facestream(net, faces, batch, args.seconds)
-                )
         workers = runtime.workers
-    baseline = statistics.median(results["dlib-bin compute_face_descriptor (1 face per call)"])
-    print(f"{len(faces)} faces from {len(PHOTOS)} photos, cycled; {args.repeats} repeats of {args.seconds:.0f} s.")
+        tables = {}
+        for set_name, faces in face_sets.items():
+            time_facestream(net, faces, 8, 2.0)  # warm-up
+            dlib_name = "dlib-bin: 5-point landmarks + compute_face_descriptor, 1 face per call"
+            results: dict[str, list[float]] = {dlib_name: []}
+            for _ in range(args.repeats):
+                results[dlib_name].append(time_dlib(faces, store.bundle_dir(MULTITASK), args.dlib_dat, args.seconds))
+                for batch in (1, 8, 32):
+                    name = f"FaceStream multi-task call, batch {batch}"
+                    results.setdefault(name, []).append(time_facestream(net, faces, batch, args.seconds))
+            sides = [max(d.boxes[0, 2] - d.boxes[0, 0], d.boxes[0, 3] - d.boxes[0, 1]) for _, d in faces]
+            tables[f"{set_name}: {len(faces)} faces, median side {statistics.median(sides):.0f} px"] = (dlib_name, results)
+    print(f"{args.repeats} repeats of {args.seconds:.0f} s per figure; median reported.")
     print(f"Machine: {cpu_model()}, {available_cpus()} CPUs available, engine workers {workers}, dlib {dlib.__version__}")
-    print()
-    print("| pipeline | faces/s (median) | vs dlib-bin |")
-    print("|---|---|---|")
-    for name, values in results.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median:.1f} | {median / baseline:.1f}x |")
+    for title, (dlib_name, results) in tables.items():
+        baseline = statistics.median(results[dlib_name])
+        print()
+        print(f"Faces from {title}")
+        print()
+        print("| pipeline | faces/s | vs dlib-bin |")
+        print("|---|---|---|")
+        for name, values in results.items():
+            median = statistics.median(values)
+            print(f"| {name} | {median:.1f} | {median / baseline:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -47,8 +47,9 @@ FACE_MODEL_MM = np.array(
 )
 
 
-def head_pose(landmarks: np.ndarray, image_width: int, image_height: int) -> np.ndarray:
-    """(yaw, pitch, roll) in degrees from MTCNN's 5 landmarks, per face.
+def head_pose(landmarks: np.ndarray, image_width: int | np.ndarray, image_height: int | np.ndarray) -> np.ndarray:
+    """(yaw, pitch, roll) in degrees from MTCNN's 5 landmarks, per face (image sizes may be
+    given per face).
 
     Fits :data:`FACE_MODEL_MM` to the landmarks with OpenCV's SQPnP, for a pinhole camera
     with focal length max(width, height) and the principal point at the image centre, and
@@ -57,10 +58,12 @@ def head_pose(landmarks: np.ndarray, image_width: int, image_height: int) -> np.
     model makes this a coarse estimate (about +-10 degrees), good for ranking shots.
     Degenerate landmarks give NaN (quality then treats the pose as unusable).
     """
-    focal = float(max(image_width, image_height))
-    camera = np.array([[focal, 0, image_width / 2], [0, focal, image_height / 2], [0, 0, 1]], dtype=np.float64)
+    widths = np.broadcast_to(np.asarray(image_width, np.float64), len(landmarks))
+    heights = np.broadcast_to(np.asarray(image_height, np.float64), len(landmarks))
     out = np.zeros((len(landmarks), 3), np.float32)
     for i, points in enumerate(landmarks.astype(np.float64)):
+        focal = max(widths[i], heights[i])
+        camera = np.array([[focal, 0, widths[i] / 2], [0, focal, heights[i] / 2], [0, 0, 1]], dtype=np.float64)
         try:
             ok, rvec, _ = cv2.solvePnP(FACE_MODEL_MM, points.reshape(5, 1, 2), camera, None, flags=cv2.SOLVEPNP_SQPNP)
         except cv2.error:  # degenerate landmarks (e.g. all in one point on a tiny face)

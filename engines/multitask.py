@@ -53,6 +53,14 @@ class _Face:
 
 
 @dataclass(frozen=True)
+class _Aligned:
+    embedding_chips: np.ndarray
+    age_chips: np.ndarray
+    gender_chips: np.ndarray
+    points: np.ndarray
+
+
+@dataclass(frozen=True)
 class _ChunkResult:
     descriptors: np.ndarray
     age_probs: np.ndarray
@@ -63,6 +71,10 @@ class _ChunkResult:
 
 class MultiTaskNet:
     """Embedding, age, gender, pose and quality for detected faces. Thread-safe."""
+
+    CHUNK_FACES = 8
+    """Most faces per chunk on CPU: small enough to overlap alignment with inference,
+    large enough for efficient batches; fewer when that keeps every worker busy."""
 
     def __init__(
         self,
@@ -115,16 +127,17 @@ class MultiTaskNet:
                     f"{detections[k].image_width}x{detections[k].image_height}"
                 )
             rgbs[k] = rgb
-        chunks = np.array_split(np.arange(len(faces)), min(self._runtime.workers, len(faces)))
-        results = self._runtime.map(
-            lambda idx: self._run_chunk(rgbs, detections, [faces[i] for i in idx]), chunks
-        )
+        workers = self._runtime.workers
+        size = min(self.CHUNK_FACES, -(-len(faces) // workers)) if workers > 1 else len(faces)
+        pending = []
+        for start in range(0, len(faces), size):
+            aligned = self._align(rgbs, detections, faces[start : start + size])
+            pending.append(self._runtime.submit(self._infer, aligned))
+        results = [p.result() for p in pending]
         merged = _ChunkResult(*(np.concatenate([getattr(r, f) for r in results]) for f in _ChunkResult.__dataclass_fields__))
         return self._decode(faces, detections, merged)
 
-    def _run_chunk(
-        self, rgbs: dict[int, np.ndarray], detections: Sequence[FaceDetections], faces: list[_Face]
-    ) -> _ChunkResult:
+    def _align(self, rgbs: dict[int, np.ndarray], detections: Sequence[FaceDetections], faces: list[_Face]) -> _Aligned:
         chips: list[list[np.ndarray]] = [[], [], []]
         points = np.empty((len(faces), 5, 2), np.float32)
         for i, face in enumerate(faces):
@@ -132,37 +145,37 @@ class MultiTaskNet:
             points[i] = FaceAligner.points(shape)
             for bucket, chip in zip(chips, self._aligner.chips(rgbs[face.image], shape, CHIPS)):
                 bucket.append(chip)
-        emb_chips, age_chips, gender_chips = (np.stack(c) for c in chips)
+        return _Aligned(*(np.stack(c) for c in chips), points)
+
+    def _infer(self, aligned: _Aligned) -> _ChunkResult:
+        emb = self._embedding.run({EMBEDDING.input_name: _normalise(aligned.embedding_chips, EMBEDDING)})
+        age = self._age.run({AGE.input_name: _normalise(aligned.age_chips, AGE)})
+        gender = self._gender.run({GENDER.input_name: _normalise(aligned.gender_chips, GENDER)})
         return _ChunkResult(
-            descriptors=self._embedding.run({EMBEDDING.input_name: _normalise(emb_chips, EMBEDDING)})["descriptor"],
-            age_probs=self._age.run({AGE.input_name: _normalise(age_chips, AGE)})["probabilities"],
-            gender_probs=self._gender.run({GENDER.input_name: _normalise(gender_chips, GENDER)})["probabilities"],
-            laplacian=sharpness(emb_chips),
-            points=points,
+            descriptors=emb["descriptor"],
+            age_probs=age["probabilities"],
+            gender_probs=gender["probabilities"],
+            laplacian=sharpness(aligned.embedding_chips),
+            points=aligned.points,
         )
 
     @staticmethod
     def _decode(
         faces: list[_Face], detections: Sequence[FaceDetections], merged: _ChunkResult
     ) -> list[FaceAttributes]:
+        """Raw outputs of all faces -> one FaceAttributes per image (vectorised over faces)."""
         norms = np.linalg.norm(merged.descriptors, axis=1)
         embeddings = merged.descriptors / np.maximum(norms, 1e-12)[:, None]
         ages, age_stds = decode_age(merged.age_probs)
         male = decode_gender(merged.gender_probs)
         owner = np.array([f.image for f in faces])
-        out = []
-        for k, det in enumerate(detections):
-            rows = np.flatnonzero(owner == k)
-            if len(rows) == 0:
-                out.append(FaceAttributes.empty())
-                continue
-            poses = head_pose(det.landmarks, det.image_width, det.image_height)
-            sides = np.maximum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])
-            quality = quality_score(sides, merged.laplacian[rows], poses, det.scores)
-            out.append(
-                FaceAttributes(
-                    embeddings[rows], norms[rows], ages[rows], age_stds[rows], male[rows], poses, quality,
-                    merged.points[rows],
-                )
-            )
-        return out
+        boxes = np.concatenate([d.boxes for d in detections])
+        sizes = np.array([(d.image_width, d.image_height) for d in detections])[owner]
+        poses = head_pose(np.concatenate([d.landmarks for d in detections]), sizes[:, 0], sizes[:, 1])
+        sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        scores = np.concatenate([d.scores for d in detections])
+        quality = quality_score(sides, merged.laplacian, poses, scores)
+        columns = (embeddings, norms, ages, age_stds, male, poses, quality, merged.points)
+        bounds = np.cumsum([len(d) for d in detections])[:-1]
+        per_image = [np.split(column, bounds) for column in columns]
+        return [FaceAttributes(*(parts[k] for parts in per_image)) for k in range(len(detections))]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,6 +74,17 @@ class EngineRuntime:
         if self._pool is None or len(items) <= 1:
             return [function(item) for item in items]
         return list(self._pool.map(function, items))
+
+    def submit(self, function: Callable[[T], R], item: T) -> Future[R]:
+        """Start ``function(item)`` on the worker pool (inline when there is no pool)."""
+        if self._pool is not None:
+            return self._pool.submit(function, item)
+        future: Future[R] = Future()
+        try:
+            future.set_result(function(item))
+        except BaseException as exc:  # delivered by future.result(), as from a pool
+            future.set_exception(exc)
+        return future
 
     def describe(self) -> dict[str, object]:
         """For health output: the device decision and what every backend loaded."""

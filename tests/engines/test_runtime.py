@@ -92,8 +92,9 @@ def test_runtime_describe_and_map() -> None:
 def test_import_engines_needs_no_cuda_and_no_torch() -> None:
     """`import engines` (and the detector) work on a CPU-only machine without importing torch."""
     code = (
-        "import sys, engines, engines.mtcnn, engines.runtime, engines.model_store\n"
+        "import sys, engines, engines.mtcnn, engines.multitask, engines.runtime, engines.model_store\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert 'dlib' not in sys.modules, 'dlib imported'\n"
         "assert not any(m.startswith(('tensorrt', 'pycuda', 'cupy')) for m in sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
