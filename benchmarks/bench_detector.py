@@ -34,6 +34,7 @@ import numpy as np
 import onnxruntime
 
 from engines.config import DetectorConfig, RuntimeConfig
+from engines.detections import iou_matrix
 from engines.mtcnn import MTCNNDetector
 from engines.runtime import EngineRuntime, available_cpus
 
@@ -59,17 +60,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def matched(found: Boxes, other: Boxes, threshold: float = 0.5) -> int:

@@ -104,21 +104,21 @@ def main() -> None:
         "FaceStream (MTCNN, dlib 5-point alignment in the MTCNN box)": run_facestream(paths),
     }
     print(f"{len(paths)} FairFace crops, {len(BUCKETS)} age buckets x 2 genders")
-    print()
-    print("| pipeline | faces found | gender accuracy | age bucket or neighbour |")
-    print("|---|---|---|---|")
-    for name, result in results.items():
-        s = score(result, truth)
-        print(f"| {name} | {s['found']:.2f} | {s['gender']:.2f} | {s['age_bucket_or_neighbour']:.2f} |")
+    print_table(results, truth, with_found=True)
     both = {p: t for p, t in truth.items() if all(r.get(p) is not None for r in results.values())}
     print()
     print(f"Only the {len(both)} photos where both pipelines found a face:")
+    print_table(results, both, with_found=False)
+
+
+def print_table(results: dict[str, dict[str, dict | None]], truth: dict[str, tuple[str, str]], *, with_found: bool) -> None:
     print()
-    print("| pipeline | gender accuracy | age bucket or neighbour |")
-    print("|---|---|---|")
+    print("| pipeline |" + (" faces found |" if with_found else "") + " gender accuracy | age bucket or neighbour |")
+    print("|---|" + ("---|" if with_found else "") + "---|---|")
     for name, result in results.items():
-        s = score(result, both)
-        print(f"| {name} | {s['gender']:.2f} | {s['age_bucket_or_neighbour']:.2f} |")
+        s = score(result, truth)
+        found = f" {s['found']:.2f} |" if with_found else ""
+        print(f"| {name} |{found} {s['gender']:.2f} | {s['age_bucket_or_neighbour']:.2f} |")
 
 
 if __name__ == "__main__":

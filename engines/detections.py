@@ -11,6 +11,21 @@ LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 """Landmark order. "Left" is the image's left (the subject's right)."""
 
 
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), (x1, y1, x2, y2) with
+    exclusive x2/y2; returns (N, M)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 def _frozen_array(name: str, value: Any, shape: tuple[int | None, ...]) -> np.ndarray:
     array = np.array(value, dtype=np.float32, copy=True)
     if array.ndim != len(shape) or any(want is not None and got != want for got, want in zip(array.shape, shape)):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from engines.config import DetectorConfig, OversizePolicy, RuntimeConfig
-from engines.detections import LANDMARK_NAMES, FaceDetections
+from engines.detections import LANDMARK_NAMES, FaceDetections, iou_matrix
 from engines.errors import ImageTooLargeError, InvalidImageError
 from engines.image import read_image_file
 from engines.model_store import ModelStore
@@ -21,17 +21,6 @@ from engines.runtime import EngineRuntime
 
 TWO_PEOPLE = "face_recognition/examples/two_people.jpg"
 VIDEO = "face_recognition/examples/short_hamilton_clip.mp4"
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def assert_same_faces(a: FaceDetections, b: FaceDetections, *, box_tol_px: float = 0.5) -> None:
