@@ -142,6 +142,10 @@ GENDER = ModelSpec(
 
 SHAPE_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 
+EMBEDDING_MODEL_ID = "dlib-resnet-v1@55533b28"
+"""Identifies the embedding space: templates made with another id are never compared with
+these (the suffix is the start of the weight file's sha256)."""
+
 MULTITASK = ModelBundle(
     name="multitask",
     version="1",

@@ -1,4 +1,26 @@
-"""FaceStream gallery: identities, embeddings and FAISS search (see the gallery issue).
+"""FaceStream gallery: identities and face templates in SQLite, searched with FAISS.
 
-Nothing is implemented here yet; the package exists so that the fixed layout is in place.
+:class:`gallery.gallery.Gallery` works on embeddings; :class:`gallery.enrol.PhotoEnroller`
+enrols and searches photos with an embedder passed in (see ``stream_worker.analyze``).
 """
+
+from gallery.calibration import Calibration, calibrate
+from gallery.enrol import EnrolPolicy, FaceSample, PhotoEnroller
+from gallery.errors import EnrolmentRefusedError, GalleryCorruptError, GalleryError, IdentityNotFoundError
+from gallery.gallery import Gallery, Match
+from gallery.index import IndexConfig
+
+__all__ = [
+    "Calibration",
+    "EnrolPolicy",
+    "EnrolmentRefusedError",
+    "FaceSample",
+    "Gallery",
+    "GalleryCorruptError",
+    "GalleryError",
+    "IdentityNotFoundError",
+    "IndexConfig",
+    "Match",
+    "PhotoEnroller",
+    "calibrate",
+]

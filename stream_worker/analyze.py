@@ -18,6 +18,7 @@ from engines.image import read_image_file
 from engines.mtcnn import MTCNNDetector
 from engines.multitask import MultiTaskNet
 from engines.verification import Verification, verify
+from gallery.enrol import FaceSample
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,16 @@ class FaceAnalyzer:
         faces = self.detector.detect(image)
         attributes = self.multitask.analyze([image], [faces])[0] if self.multitask is not None else None
         return faces, attributes
+
+    def faces(self, image: np.ndarray) -> list[FaceSample]:
+        """The gallery's view of every face of a BGR image (embedder protocol)."""
+        faces, attributes = self.analyze(image)
+        if attributes is None:
+            raise ValueError("embedding faces needs the multi-task network")
+        return [
+            FaceSample(attributes.embeddings[i], float(attributes.qualities[i]), tuple(float(v) for v in faces.boxes[i]))
+            for i in range(len(faces))
+        ]
 
     def largest_face(self, path: Path) -> tuple[FaceDetections, FaceAttributes]:
         """The largest face of an image file, with its attributes; refuses faceless images."""

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engines.catalog import BUNDLES, MTCNN, MULTITASK
@@ -97,8 +98,50 @@ def multitask(model_store: ModelStore, runtime: EngineRuntime) -> MultiTaskNet:
 
 
 @pytest.fixture(scope="session")
+def largest_face(detector: MTCNNDetector, multitask: MultiTaskNet, faces_dir: Path):  # type: ignore[no-untyped-def]
+    """``largest_face(relative_path)`` -> (FaceDetections of the largest face, FaceAttributes),
+    computed once per photo per session."""
+    cache: dict[str, tuple] = {}
+
+    def analyse(relative: str):  # type: ignore[no-untyped-def]
+        if relative not in cache:
+            image = read_image_file(faces_dir / relative)
+            faces = detector.detect(image)
+            if len(faces) == 0:
+                raise AssertionError(f"{relative}: no face")
+            largest = faces[int(faces.areas.argmax())]
+            cache[relative] = (largest, multitask.analyze([image], [largest])[0])
+        return cache[relative]
+
+    return analyse
+
+
+@pytest.fixture(scope="session")
+def identity_photos(labels: list[dict[str, str]], single_face_paths: list[Path], faces_dir: Path) -> dict[str, list[str]]:
+    """Identity -> its single-face photos (relative paths), from labels.csv."""
+    single = {str(p.relative_to(faces_dir)) for p in single_face_paths}
+    photos: dict[str, list[str]] = {}
+    for row in labels:
+        if row["identity"] and row["path"] in single:
+            photos.setdefault(row["identity"], []).append(row["path"])
+    return photos
+
+
+@pytest.fixture(scope="session")
 def read_face_image(faces_dir: Path):  # type: ignore[no-untyped-def]
     def read(relative: str):  # type: ignore[no-untyped-def]
         return read_image_file(faces_dir / relative)
 
     return read
+
+
+@pytest.fixture(scope="session")
+def real_distribution(largest_face, identity_photos: dict[str, list[str]], labels: list[dict[str, str]]):  # type: ignore[no-untyped-def]
+    """A Gaussian fitted to real embeddings of the shared photos (identity photos and the
+    FairFace crops), for synthetic galleries."""
+    from gallery.synthetic import EmbeddingDistribution
+
+    paths = [p for photos in identity_photos.values() for p in photos]
+    paths += [r["path"] for r in labels if r["path"].startswith("fairface/")]
+    embeddings = [largest_face(p)[1].embeddings[0] for p in paths]
+    return EmbeddingDistribution.fit(np.asarray(embeddings))

@@ -136,19 +136,14 @@ def test_tampered_age_model_is_refused_naming_file_and_checksum(wheelhouse: Path
 # --- verification -------------------------------------------------------------------------
 
 
-def test_verification_accuracy_on_the_labelled_pairs(
-    detector: MTCNNDetector, multitask: MultiTaskNet, faces_dir: Path
-) -> None:
+def test_verification_accuracy_on_the_labelled_pairs(largest_face, faces_dir: Path) -> None:  # type: ignore[no-untyped-def]
     """334 pairs, full pipeline, the shipped threshold: accuracy >= 0.99."""
     with (faces_dir / "pairs.csv").open() as f:
         pairs = list(csv.DictReader(f))
     assert len(pairs) == 334
-    descriptors = {}
-    for path in sorted({r[k] for r in pairs for k in ("path_a", "path_b")}):
-        image = read_image_file(faces_dir / path)
-        faces = detector.detect(image)
-        largest = faces[int(np.argmax(faces.areas))]
-        descriptors[path] = multitask.analyze([image], [largest])[0].descriptors[0]
+    descriptors = {
+        path: largest_face(path)[1].descriptors[0] for path in {r[k] for r in pairs for k in ("path_a", "path_b")}
+    }
     results = [verify(descriptors[r["path_a"]], descriptors[r["path_b"]]) for r in pairs]
     correct = sum(res.same == (r["same"] == "1") for res, r in zip(results, pairs))
     assert correct / len(pairs) >= 0.99

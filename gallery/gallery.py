@@ -1,0 +1,308 @@
+"""The gallery: enrol, search, remove; SQLite as the truth, a FAISS index as its cache."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.catalog import EMBEDDING_MODEL_ID
+from gallery.defaults import DEFAULT_CALIBRATIONS
+from gallery.errors import EnrolmentRefusedError, GalleryError
+from gallery.index import IndexConfig, TemplateIndex
+from gallery.store import Erasure, GalleryStore, Identity
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMAT = "facestream-gallery-templates/1"
+
+
+@dataclass(frozen=True)
+class Match:
+    """One identity in a search result."""
+
+    identity_id: str
+    name: str
+    score: float
+    """Cosine similarity of the probe with the identity's best template."""
+    decision: str
+    """``match`` when the score reaches the threshold, else ``unknown``."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"identity_id": self.identity_id, "name": self.name, "score": round(self.score, 4),
+                "decision": self.decision}
+
+
+def unit(vectors: np.ndarray, dim: int) -> np.ndarray:
+    vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+    if vectors.shape[1] != dim:
+        raise ValueError(f"embeddings must be {dim}-dimensional, got shape {vectors.shape}")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
+        raise ValueError("embeddings must be finite and non-zero")
+    return vectors / norms
+
+
+class Gallery:
+    """Identities and their face templates, searchable by embedding. Thread-safe.
+
+    Only templates of ``model`` are indexed and searched; identities enrolled with another
+    model only are reported by :meth:`stats` as needing re-enrolment.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        model: str = EMBEDDING_MODEL_ID,
+        dim: int = 128,
+        index: IndexConfig | None = None,
+        threshold: float | None = None,
+        create: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.model = model
+        self.dim = dim
+        self.index_config = index or IndexConfig()
+        self._lock = threading.RLock()
+        self.store = GalleryStore(self.path, create=create)
+        self._explicit_threshold = threshold
+        self._index_path = self.path.with_name(f"{self.path.name}.{model.replace('/', '_').replace('@', '-')}.faiss")
+        self._saved_generation = -1
+        self._load_index()
+
+    # --- index cache ---------------------------------------------------------------------
+
+    def _load_index(self) -> None:
+        generation = self.store.generation
+        tids, owners, vectors = self.store.templates(self.model, dim=self.dim)
+        kind = "ivf" if len(tids) >= self.index_config.ivf_min_templates else "flat"
+        loaded = TemplateIndex.load(self._index_path, self.index_config)
+        if loaded is not None and loaded[1].matches(self.model, generation, len(tids), kind):
+            self._index = loaded[0]
+            self._saved_generation = generation
+        else:
+            if loaded is not None:
+                log.warning(
+                    "index %s was built from another state of %s (%s); rebuilding it from the database",
+                    self._index_path, self.path, loaded[1],
+                )
+            self._index = TemplateIndex.build(tids, vectors, self.dim, self.index_config)
+        self._tids = tids
+        self._owners = owners
+        self._per_identity = Counter(owners.tolist())
+        self._names = self.store.names()
+
+    def save(self) -> None:
+        """Write the index cache if the gallery changed since it was last written."""
+        with self._lock:
+            generation = self.store.generation
+            if generation != self._saved_generation:
+                self._index.save(self._index_path, model=self.model, generation=generation)
+                self._saved_generation = generation
+
+    def close(self) -> None:
+        with self._lock:
+            self.save()
+            self.store.close()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- threshold -----------------------------------------------------------------------
+
+    @property
+    def threshold(self) -> float:
+        return self.threshold_source()[0]
+
+    def threshold_source(self) -> tuple[float, str]:
+        """The decision threshold and where it comes from."""
+        if self._explicit_threshold is not None:
+            return self._explicit_threshold, "configured"
+        stored = self.store.threshold(self.model)
+        if stored is not None:
+            return stored[0], f"calibrated in this gallery (FMR {stored[1].get('target_fmr')})"
+        default = DEFAULT_CALIBRATIONS.get(self.model)
+        if default is None:
+            raise GalleryError(f"no threshold for model {self.model}: run `facestream gallery calibrate`")
+        return default.threshold, f"FaceStream default (FMR {default.target_fmr}, {default.method})"
+
+    # --- enrol and remove -----------------------------------------------------------------
+
+    def enrol(
+        self,
+        identity_id: str,
+        embeddings: np.ndarray,
+        *,
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        image_sha256: Sequence[str | None] | None = None,
+        quality: Sequence[float | None] | None = None,
+    ) -> list[int]:
+        """Add templates (creating the identity if needed); returns the new template ids.
+
+        A template whose image hash is already enrolled for this model is not added twice:
+        skipped when it belongs to the same identity, refused when it belongs to another.
+        """
+        if not identity_id or not isinstance(identity_id, str):
+            raise ValueError("identity id must be a non-empty string")
+        vectors = unit(embeddings, self.dim)
+        hashes = list(image_sha256) if image_sha256 is not None else [None] * len(vectors)
+        qualities = list(quality) if quality is not None else [None] * len(vectors)
+        with self._lock:
+            keep = []
+            for i, digest in enumerate(hashes):
+                owner = self.store.find_image(self.model, digest) if digest else None
+                if owner is None:
+                    keep.append(i)
+                elif owner != identity_id:
+                    raise EnrolmentRefusedError(
+                        f"this photo (sha256 {digest[:16]}...) is already enrolled for identity '{owner}'"
+                    )
+            self.store.upsert_identity(identity_id, name=name, metadata=metadata)
+            self._names[identity_id] = self.store.identity(identity_id).name
+            if not keep:
+                return []
+            ids = self.store.add_templates(
+                identity_id, self.model, vectors[keep],
+                image_sha256=[hashes[i] for i in keep], quality=[qualities[i] for i in keep],
+            )
+            id_array = np.asarray(ids, np.int64)
+            self._index.add(id_array, vectors[keep])
+            self._tids = np.concatenate([self._tids, id_array])
+            self._owners = np.concatenate([self._owners, np.array([identity_id] * len(ids), dtype=object)])
+            self._per_identity[identity_id] += len(ids)
+            return ids
+
+    def remove(self, identity_id: str) -> Erasure:
+        """Erase an identity: its record, all its templates (every model) and its vectors."""
+        with self._lock:
+            event, removed = self.store.remove_identity(identity_id)
+            removed_ids = np.asarray(removed, np.int64)
+            self._index.remove(removed_ids)
+            keep = ~np.isin(self._tids, removed_ids)
+            self._tids, self._owners = self._tids[keep], self._owners[keep]
+            self._per_identity.pop(identity_id, None)
+            self._names.pop(identity_id, None)
+            self.save()  # the cache must not keep erased vectors on disk either
+            return event
+
+    # --- search --------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int = 5) -> list[list[Match]]:
+        """Top-k identities per query embedding, each scored by its best template."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        vectors = unit(queries, self.dim)
+        with self._lock:
+            if len(self._tids) == 0:
+                return [[] for _ in vectors]
+            threshold = self.threshold
+            per_identity = max(self._per_identity.values())
+            scores, ids = self._index.search(vectors, min(len(self._tids), k * per_identity))
+            rows = np.searchsorted(self._tids, ids)
+            rows = np.clip(rows, 0, len(self._tids) - 1)
+            results = []
+            for q in range(len(vectors)):
+                seen: dict[str, float] = {}
+                for score, tid, row in zip(scores[q], ids[q], rows[q]):
+                    if tid < 0 or self._tids[row] != tid:
+                        continue
+                    owner = self._owners[row]
+                    if owner not in seen:
+                        seen[owner] = float(score)
+                        if len(seen) == k:
+                            break
+                results.append([
+                    Match(owner, self._names.get(owner, owner), score, "match" if score >= threshold else "unknown")
+                    for owner, score in seen.items()
+                ])
+            return results
+
+    # --- reading -------------------------------------------------------------------------
+
+    def identity(self, identity_id: str) -> Identity:
+        return self.store.identity(identity_id)
+
+    def identities(self) -> list[Identity]:
+        return self.store.identities()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            identities = self.store.identities()
+            stale = [i.id for i in identities if i.templates and self.model not in i.templates]
+            threshold, source = self.threshold_source()
+            return {
+                "database": str(self.path),
+                "model": self.model,
+                "identities": len(identities),
+                "templates": self.store.template_counts(),
+                "searchable_templates": len(self._tids),
+                "identities_needing_reenrolment": stale,
+                "index": {"kind": self._index.kind, "on_gpu": self._index.on_gpu, "file": str(self._index_path)},
+                "threshold": threshold,
+                "threshold_source": source,
+                "erasures": len(self.store.erasures()),
+            }
+
+    # --- backup --------------------------------------------------------------------------
+
+    def export_jsonl(self) -> Iterator[str]:
+        """JSON lines: a header, then one line per identity and one per template."""
+        yield json.dumps({"format": EXPORT_FORMAT, "dim": self.dim})
+        for identity in self.store.identities():
+            yield json.dumps({"identity": identity.to_json()})
+        for template in self.store.iter_templates():
+            yield json.dumps({"template": {
+                "identity_id": template.identity_id, "model": template.model,
+                "embedding": [float(v) for v in template.embedding],
+                "image_sha256": template.image_sha256, "quality": template.quality,
+                "enrolled_utc": template.enrolled_utc,
+            }})
+
+    def import_jsonl(self, lines: Iterable[str]) -> dict[str, int]:
+        """Load an export (into this or another gallery). Existing images are skipped."""
+        counts = {"identities": 0, "templates": 0, "skipped": 0}
+        with self._lock:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    raise GalleryError(f"import line {number}: not JSON ({exc})") from exc
+                if number == 1:
+                    if record.get("format") != EXPORT_FORMAT or record.get("dim") != self.dim:
+                        raise GalleryError(f"import: not a {EXPORT_FORMAT} export of {self.dim}-D templates")
+                    continue
+                if "identity" in record:
+                    i = record["identity"]
+                    self.store.upsert_identity(i["id"], name=i["name"], metadata=i["metadata"])
+                    self._names[i["id"]] = i["name"]
+                    counts["identities"] += 1
+                elif "template" in record:
+                    t = record["template"]
+                    digest = t.get("image_sha256")
+                    if digest and self.store.find_image(t["model"], digest):
+                        counts["skipped"] += 1
+                        continue
+                    vector = np.asarray([t["embedding"]], np.float32)
+                    if t["model"] == self.model:
+                        self.enrol(t["identity_id"], vector, image_sha256=[digest], quality=[t.get("quality")])
+                    else:  # kept for re-enrolment reports, not searchable with this model
+                        self.store.add_templates(t["identity_id"], t["model"], vector, image_sha256=[digest],
+                                                 quality=[t.get("quality")])
+                    counts["templates"] += 1
+                else:
+                    raise GalleryError(f"import line {number}: neither an identity nor a template")
+        return counts

@@ -1,0 +1,209 @@
+"""The FAISS index over one embedding model's templates: a cache of the SQLite store.
+
+- Exact inner product (``IndexFlatIP`` behind ``IndexIDMap2``) by default.
+- IVF (``IndexIVFFlat``, inner product, trained on the stored vectors) from
+  ``ivf_min_templates`` templates on: ``nlist`` coarse cells, ``nprobe`` of them searched.
+- On a GPU when FAISS reports one and the engine runtime chose CUDA: searches run on a GPU
+  copy; adds and removals go to the CPU index (FAISS GPU indexes cannot remove) and the
+  GPU copy is refreshed.
+
+Vectors are L2-normalised embeddings, so inner product is cosine similarity. FAISS ids
+are the store's template ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from engines.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexConfig:
+    ivf_min_templates: int = 100_000
+    """From this many templates on, use IVF instead of exact search."""
+    nlist: int = 0
+    """IVF cells; 0 = automatic (a power of two near 4 * sqrt(templates), 256 to 65536)."""
+    nprobe: int = 24
+    """IVF cells searched per query (``benchmarks/bench_gallery.py`` chose it: recall@1 >= 0.99)."""
+    use_gpu: bool = False
+    """Search on a GPU copy (set by the caller from the engine runtime's device decision)."""
+
+    def __post_init__(self) -> None:
+        for name in ("ivf_min_templates", "nprobe"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.nlist < 0:
+            raise ConfigError(f"nlist must be >= 0 (0 = automatic), got {self.nlist}")
+
+    def cells(self, templates: int) -> int:
+        if self.nlist:
+            return self.nlist
+        return int(min(65536, max(256, 2 ** round(math.log2(4 * math.sqrt(max(templates, 1)))))))
+
+
+@dataclass(frozen=True)
+class IndexStamp:
+    """What an index file was built from; compared with the store on open."""
+
+    model: str
+    generation: int
+    count: int
+    kind: str
+    file_sha256: str
+    faiss_version: str
+
+    def matches(self, model: str, generation: int, count: int, kind: str) -> bool:
+        return (self.model, self.generation, self.count, self.kind) == (model, generation, count, kind)
+
+
+class TemplateIndex:
+    """Nearest-template search over one model's L2-normalised embeddings."""
+
+    def __init__(self, cpu_index: faiss.Index, kind: str, config: IndexConfig) -> None:
+        self._cpu = cpu_index
+        self.kind = kind
+        self.config = config
+        self._gpu: faiss.Index | None = None
+        self._refresh_gpu()
+
+    @classmethod
+    def build(cls, ids: np.ndarray, vectors: np.ndarray, dim: int, config: IndexConfig) -> TemplateIndex:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) >= config.ivf_min_templates:
+            nlist = config.cells(len(ids))
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            sample = vectors
+            if len(vectors) > 64 * nlist:
+                rng = np.random.default_rng(0)
+                sample = vectors[rng.choice(len(vectors), 64 * nlist, replace=False)]
+            log.info("training an IVF index (%d cells) on %d of %d templates", nlist, len(sample), len(vectors))
+            index.train(sample)
+            index.nprobe = config.nprobe
+            kind = "ivf"
+        else:
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            kind = "flat"
+        if len(ids):
+            index.add_with_ids(vectors, ids)
+        return cls(index, kind, config)
+
+    def _refresh_gpu(self) -> None:
+        if not self.config.use_gpu:
+            return
+        if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+            log.warning("GPU search requested but this FAISS build has no GPU support; searching on CPU")
+            return
+        self._resources = getattr(self, "_resources", None) or faiss.StandardGpuResources()
+        self._gpu = faiss.index_cpu_to_gpu(self._resources, 0, self._cpu)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._gpu is not None
+
+    def __len__(self) -> int:
+        return int(self._cpu.ntotal)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._cpu.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(ids, np.int64))
+        self._refresh_gpu()
+
+    def remove(self, ids: np.ndarray) -> int:
+        removed = int(self._cpu.remove_ids(np.ascontiguousarray(ids, np.int64)))
+        self._refresh_gpu()
+        return removed
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, template ids), each (q, k), best first; id -1 where fewer than k exist."""
+        index = self._gpu if self._gpu is not None else self._cpu
+        k = max(1, min(k, len(self))) if len(self) else 1
+        return index.search(np.ascontiguousarray(queries, np.float32), k)  # type: ignore[no-any-return]
+
+    # --- persistence --------------------------------------------------------------------
+
+    def save(self, path: Path, *, model: str, generation: int) -> None:
+        """Write the index and its stamp atomically (temp file, fsync, rename)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            faiss.write_index(self._cpu, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            stamp = IndexStamp(model, generation, len(self), self.kind, _sha256(Path(tmp)), faiss.__version__)
+            _atomic_write(stamp_path(path), json.dumps(asdict(stamp), indent=2).encode())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: Path, config: IndexConfig) -> tuple[TemplateIndex, IndexStamp] | None:
+        """The saved index and its stamp, or None (with a log line) if absent or damaged."""
+        stamp_file = stamp_path(path)
+        if not path.exists() or not stamp_file.exists():
+            return None
+        try:
+            stamp = IndexStamp(**json.loads(stamp_file.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("index stamp %s is unreadable (%s); the index will be rebuilt", stamp_file, exc)
+            return None
+        if _sha256(path) != stamp.file_sha256:
+            log.warning("index file %s fails its checksum; it will be rebuilt from the database", path)
+            return None
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            log.warning("index file %s cannot be read (%s); it will be rebuilt from the database", path, exc)
+            return None
+        if stamp.kind == "ivf":
+            faiss.extract_index_ivf(index).nprobe = config.nprobe
+        return cls(index, stamp.kind, config), stamp
+
+
+def stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

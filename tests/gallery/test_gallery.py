@@ -1,0 +1,196 @@
+"""Gallery behaviour: erasure, models, duplicates, persistence, corruption, backups."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gallery.errors import EnrolmentRefusedError, GalleryCorruptError, IdentityNotFoundError
+from gallery.gallery import Gallery
+from gallery.index import stamp_path
+
+
+def vectors(seed: int, n: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 128)).astype(np.float32)
+
+
+def test_erasure_removes_vectors_and_records_an_event(tmp_path: Path) -> None:
+    with Gallery(tmp_path / "g.db") as gallery:
+        gallery.enrol("alice", vectors(1, 3), name="Alice", metadata={"list": "missing persons"})
+        gallery.enrol("bob", vectors(2))
+        assert gallery.search(vectors(1)[:1], k=1)[0][0].identity_id == "alice"
+        event = gallery.remove("alice")
+        assert (event.identity_id, event.templates_removed) == ("alice", 3)
+        after = gallery.search(vectors(1)[:1], k=5)[0]
+        assert [m.identity_id for m in after] == ["bob"]
+        with pytest.raises(IdentityNotFoundError):
+            gallery.identity("alice")
+        erasures = gallery.store.erasures()
+        assert [(e.identity_id, e.templates_removed) for e in erasures] == [("alice", 3)]
+    # the erased vectors are gone from the database file and from the index cache on disk
+    raw = (tmp_path / "g.db").read_bytes()
+    assert vectors(1, 3)[0].astype("<f4").tobytes()[:64] not in raw
+    with Gallery(tmp_path / "g.db") as reopened:
+        assert [m.identity_id for m in reopened.search(vectors(1)[:1], k=5)[0]] == ["bob"]
+
+
+def test_templates_of_another_model_are_never_searched(tmp_path: Path) -> None:
+    with Gallery(tmp_path / "g.db", model="old-model@1") as old:
+        old.enrol("carol", vectors(3))
+        old.enrol("dave", vectors(4))
+    with Gallery(tmp_path / "g.db", model="new-model@2", threshold=0.5) as new:
+        new.enrol("dave", vectors(5))
+        results = new.search(vectors(3)[:1], k=5)[0]
+        assert [m.identity_id for m in results] == ["dave"]  # carol's only template is of the old model
+        stats = new.stats()
+        assert stats["identities_needing_reenrolment"] == ["carol"]
+        assert stats["templates"] == {"old-model@1": 2, "new-model@2": 1}
+
+
+def test_duplicate_photos(tmp_path: Path) -> None:
+    with Gallery(tmp_path / "g.db") as gallery:
+        assert len(gallery.enrol("erin", vectors(6), image_sha256=["abc"])) == 1
+        assert gallery.enrol("erin", vectors(6), image_sha256=["abc"]) == []  # same photo again: skipped
+        with pytest.raises(EnrolmentRefusedError, match="already enrolled for identity 'erin'"):
+            gallery.enrol("frank", vectors(6), image_sha256=["abc"])
+        assert gallery.identity("erin").templates == {gallery.model: 1}
+
+
+def test_decisions_use_the_threshold(tmp_path: Path) -> None:
+    probe = vectors(7)
+    near = probe + 0.05 * vectors(8)
+    with Gallery(tmp_path / "g.db") as gallery:
+        gallery.enrol("gina", near)
+        gallery.enrol("hank", vectors(9))
+        best, other = gallery.search(probe, k=2)[0]
+        assert best.identity_id == "gina" and best.decision == "match" and best.score >= gallery.threshold
+        assert other.decision == "unknown"
+        assert "FaceStream default" in gallery.threshold_source()[1]
+        gallery.store.set_threshold(gallery.model, 0.9999, {"target_fmr": 1e-4})
+        assert gallery.search(probe, k=1)[0][0].decision == "unknown"
+
+
+def test_reopen_uses_the_saved_index_and_rebuilds_a_stale_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "g.db"
+    with Gallery(path) as gallery:
+        for i in range(20):
+            gallery.enrol(f"p{i}", vectors(100 + i))
+    with caplog.at_level(logging.WARNING, logger="gallery"):
+        Gallery(path).close()
+    assert not caplog.records  # the saved index matched the database
+    # another writer changes the database behind the cache's back
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM templates WHERE identity_id = 'p3'")
+    db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+    db.commit()
+    db.close()
+    with caplog.at_level(logging.WARNING, logger="gallery"), Gallery(path) as gallery:
+        assert "rebuilding it from the database" in caplog.text
+        assert "p3" not in {m.identity_id for m in gallery.search(vectors(103), k=20)[0]}
+
+
+def test_corrupted_index_file_is_rebuilt_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "g.db"
+    with Gallery(path) as gallery:
+        gallery.enrol("ivan", vectors(10))
+        index_file = gallery._index_path
+    index_file.write_bytes(b"\x00" * 100)
+    with caplog.at_level(logging.WARNING, logger="gallery"), Gallery(path) as gallery:
+        assert str(index_file) in caplog.text and "checksum" in caplog.text
+        assert gallery.search(vectors(10), k=1)[0][0].identity_id == "ivan"  # never a silent empty gallery
+    stamp_path(index_file).write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="gallery"), Gallery(path) as gallery:
+        assert gallery.search(vectors(10), k=1)[0][0].identity_id == "ivan"
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(b"this is not a database at all" * 50), "cannot be read"),
+        (lambda p: p.write_bytes(p.read_bytes()[:4096]), "cannot be read|not a FaceStream gallery"),
+        (lambda p: sqlite3.connect(p).execute("CREATE TABLE x (y)").connection.commit(), None),
+    ],
+)
+def test_corrupted_database_gives_an_error_naming_the_file(tmp_path: Path, damage, message: str | None) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "g.db"
+    if message is None:  # a valid SQLite file that is not a gallery
+        damage(path)
+        message = "not a FaceStream gallery"
+    else:
+        with Gallery(path) as gallery:
+            gallery.enrol("judy", vectors(11, 50))
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        damage(path)
+    with pytest.raises(GalleryCorruptError, match=message) as info:
+        Gallery(path)
+    assert str(path) in str(info.value)
+
+
+SAVER = textwrap.dedent("""
+    import sys, numpy as np
+    from pathlib import Path
+    from gallery.gallery import Gallery
+    gallery = Gallery(Path(sys.argv[1]))
+    rng = np.random.default_rng(0)
+    i = 0
+    while True:
+        gallery.enrol(f"x{i}", rng.standard_normal((20, 128)).astype(np.float32))
+        gallery.save()
+        print(i, flush=True)
+        i += 1
+""")
+
+
+def test_killed_while_saving_leaves_a_loadable_gallery(tmp_path: Path) -> None:
+    """SIGKILL a process that keeps enrolling and saving; the gallery reopens consistent."""
+    path = tmp_path / "g.db"
+    with Gallery(path) as gallery:
+        gallery.enrol("before", vectors(12))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    for _ in range(30):  # let it commit a few batches, then kill it at a random moment
+        proc.stdout.readline()
+    time.sleep(np.random.default_rng().uniform(0, 0.05))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Gallery(path) as gallery:
+        stats = gallery.stats()
+        identities = gallery.identities()
+        assert stats["searchable_templates"] == stats["templates"][gallery.model] == 1 + 20 * (len(identities) - 1)
+        assert all(i.templates == {gallery.model: 1 if i.id == "before" else 20} for i in identities)
+        assert gallery.search(vectors(12), k=1)[0][0].identity_id == "before"
+        assert len(identities) >= 31
+
+
+def test_export_import_round_trip(tmp_path: Path) -> None:
+    with Gallery(tmp_path / "a.db") as source:
+        source.enrol("kate", vectors(13, 2), name="Kate", metadata={"case": 17}, image_sha256=["h1", "h2"])
+        source.enrol("leo", vectors(14))
+        lines = list(source.export_jsonl())
+    with Gallery(tmp_path / "b.db") as target:
+        counts = target.import_jsonl(lines)
+        assert counts == {"identities": 2, "templates": 3, "skipped": 0}
+        assert target.identity("kate").metadata == {"case": 17}
+        assert target.search(vectors(13)[:1], k=1)[0][0].identity_id == "kate"
+        assert target.import_jsonl(lines)["skipped"] == 2  # the photos with hashes are not added twice
+
+
+def test_bad_embeddings_are_refused(tmp_path: Path) -> None:
+    with Gallery(tmp_path / "g.db") as gallery:
+        with pytest.raises(ValueError, match="128-dimensional"):
+            gallery.enrol("x", np.zeros((1, 64), np.float32))
+        with pytest.raises(ValueError, match="finite and non-zero"):
+            gallery.enrol("x", np.zeros((1, 128), np.float32))
+        assert gallery.search(vectors(1), k=3) == [[]]
