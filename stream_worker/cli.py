@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from engines.multitask import MultiTaskNet
 from engines.runtime import EngineRuntime
 from engines.verification import DEFAULT_SIMILARITY_THRESHOLD
 from stream_worker.analyze import FaceAnalyzer, run_analyze, run_verify
+from stream_worker.gallery_cli import add_gallery_parser, run_gallery
 
 log = logging.getLogger("facestream")
 
@@ -111,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(verify)
     _add_store_options(verify)
 
+    def add_pipeline_options(sub: argparse.ArgumentParser) -> None:
+        _add_detector_options(sub)
+        _add_runtime_options(sub)
+        _add_store_options(sub)
+
+    add_gallery_parser(commands, add_pipeline_options)
+
     info = commands.add_parser("info", help="show the inference device, loaded backends and model cache")
     _add_runtime_options(info)
     _add_store_options(info)
@@ -183,6 +192,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                           sys.stdout)
 
 
+def _cmd_gallery(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+
+        def analyzer(a: argparse.Namespace) -> FaceAnalyzer:
+            runtime = stack.enter_context(_runtime(a))
+            return _analyzer(a, runtime, multitask=True)
+
+        return run_gallery(args, analyzer)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     store = _store(args)
     with _runtime(args) as runtime:
@@ -219,7 +238,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose, args.command)
-    handlers = {"analyze": _cmd_analyze, "verify": _cmd_verify, "info": _cmd_info, "models": _cmd_models}
+    handlers = {
+        "analyze": _cmd_analyze, "verify": _cmd_verify, "gallery": _cmd_gallery, "info": _cmd_info,
+        "models": _cmd_models,
+    }
     try:
         return handlers[args.command](args)
     except FaceStreamError as exc:
