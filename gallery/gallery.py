@@ -40,6 +40,36 @@ class Match:
                 "decision": self.decision}
 
 
+def best_per_identity(
+    scores: np.ndarray, template_ids: np.ndarray, known_ids: np.ndarray, owners: np.ndarray, k: int
+) -> list[list[tuple[str, float]]]:
+    """Group template hits by identity: per query, up to ``k`` (identity, best score), best first.
+
+    ``known_ids`` is sorted and ``owners[i]`` owns template ``known_ids[i]``; hits with id -1
+    or unknown ids (removed meanwhile) are skipped.
+    """
+    rows = np.clip(np.searchsorted(known_ids, template_ids), 0, max(len(known_ids) - 1, 0))
+    valid = (template_ids >= 0) & (known_ids[rows] == template_ids)
+    if template_ids.shape[1] == k:
+        # One template per identity (k hits asked for k identities): nothing to merge.
+        hits = owners[rows]
+        return [
+            [(hits[q, j], float(scores[q, j])) for j in range(k) if valid[q, j]] for q in range(len(scores))
+        ]
+    out = []
+    for q in range(len(scores)):
+        seen: dict[str, float] = {}
+        for score, row, ok in zip(scores[q], rows[q], valid[q]):
+            if ok:
+                owner = owners[row]
+                if owner not in seen:
+                    seen[owner] = float(score)
+                    if len(seen) == k:
+                        break
+        out.append(list(seen.items()))
+    return out
+
+
 def unit(vectors: np.ndarray, dim: int) -> np.ndarray:
     vectors = np.atleast_2d(np.asarray(vectors, np.float32))
     if vectors.shape[1] != dim:
@@ -84,7 +114,7 @@ class Gallery:
         generation = self.store.generation
         tids, owners, vectors = self.store.templates(self.model, dim=self.dim)
         kind = "ivf" if len(tids) >= self.index_config.ivf_min_templates else "flat"
-        loaded = TemplateIndex.load(self._index_path, self.index_config)
+        loaded = TemplateIndex.load(self._index_path, self.index_config, tids, vectors)
         if loaded is not None and loaded[1].matches(self.model, generation, len(tids), kind):
             self._index = loaded[0]
             self._saved_generation = generation
@@ -210,24 +240,12 @@ class Gallery:
             threshold = self.threshold
             per_identity = max(self._per_identity.values())
             scores, ids = self._index.search(vectors, min(len(self._tids), k * per_identity))
-            rows = np.searchsorted(self._tids, ids)
-            rows = np.clip(rows, 0, len(self._tids) - 1)
-            results = []
-            for q in range(len(vectors)):
-                seen: dict[str, float] = {}
-                for score, tid, row in zip(scores[q], ids[q], rows[q]):
-                    if tid < 0 or self._tids[row] != tid:
-                        continue
-                    owner = self._owners[row]
-                    if owner not in seen:
-                        seen[owner] = float(score)
-                        if len(seen) == k:
-                            break
-                results.append([
-                    Match(owner, self._names.get(owner, owner), score, "match" if score >= threshold else "unknown")
-                    for owner, score in seen.items()
-                ])
-            return results
+            grouped = best_per_identity(scores, ids, self._tids, self._owners, k)
+            return [
+                [Match(owner, self._names.get(owner, owner), score, "match" if score >= threshold else "unknown")
+                 for owner, score in hits]
+                for hits in grouped
+            ]
 
     # --- reading -------------------------------------------------------------------------
 

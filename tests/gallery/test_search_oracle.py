@@ -53,10 +53,22 @@ def test_ivf_recall_at_the_shipped_nprobe(real_distribution: EmbeddingDistributi
     config = IndexConfig(ivf_min_templates=10_000)
     ivf = TemplateIndex.build(ids, templates, 128, config)
     assert ivf.kind == "ivf"
-    _, approx = ivf.search(probes, 1)
+    scores, approx = ivf.search(probes, 3)
     exact = np.argmax(probes @ templates.T, axis=1)
     recall = float(np.mean(approx[:, 0] == exact))
     assert recall >= 0.99, f"recall@1 {recall:.3f} at nprobe {config.nprobe}"
+    # scores are exact cosines (re-ranked with the float32 vectors), best first
+    np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", templates[approx], probes), atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    # adds and removals keep working on the IVF index
+    gone = approx[:100, 0]
+    assert ivf.remove(gone) == 100
+    _, after = ivf.search(probes[:100], 1)
+    assert not np.isin(after[:, 0], gone).any()
+    extra = np.arange(len(templates), len(templates) + 5, dtype=np.int64)
+    ivf.add(extra, probes[:5])
+    _, found = ivf.search(probes[:5], 1)
+    assert found[:, 0].tolist() == extra.tolist()
 
 
 def test_synthetic_pairs_look_like_real_pairs(real_distribution: EmbeddingDistribution) -> None:
