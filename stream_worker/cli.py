@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engines.catalog import BUNDLES
 from engines.config import DetectorConfig, DeviceRequest, OversizePolicy, RuntimeConfig
-from engines.errors import FaceStreamError
+from engines.errors import ConfigError, FaceStreamError
 from engines.model_store import HOME_ENV, BundleState, ModelStore, default_home
 from engines.mtcnn import MTCNNDetector
 from engines.multitask import MultiTaskNet
@@ -28,6 +28,7 @@ log = logging.getLogger("facestream")
 AUTO_FETCH_ENV = "FACESTREAM_AUTO_FETCH"
 WHEELHOUSE_ENV = "FACESTREAM_WHEELHOUSE"
 DEVICE_ENV = "FACESTREAM_DEVICE"
+API_TOKEN_ENV = "FACESTREAM_API_TOKEN"
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -120,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_gallery_parser(commands, add_pipeline_options)
 
+    serve = commands.add_parser(
+        "serve-api", help="serve the gallery's REST API (OpenAPI docs at /docs)",
+        description=f"Serve a gallery over HTTP. Requests need 'Authorization: Bearer TOKEN' with the token "
+        f"from {API_TOKEN_ENV} (at least 16 characters; it is never logged).",
+    )
+    serve.add_argument("--db", type=Path, default=os.environ.get("FACESTREAM_GALLERY_DB"),
+                       help="gallery database file (env FACESTREAM_GALLERY_DB)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default %(default)s)")
+    serve.add_argument("--min-quality", type=float, default=0.5, help="refuse enrolment below this face quality")
+    add_pipeline_options(serve)
+
     info = commands.add_parser("info", help="show the inference device, loaded backends and model cache")
     _add_runtime_options(info)
     _add_store_options(info)
@@ -202,6 +216,26 @@ def _cmd_gallery(args: argparse.Namespace) -> int:
         return run_gallery(args, analyzer)
 
 
+def _cmd_serve_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gallery.api import create_app
+    from gallery.enrol import EnrolPolicy, PhotoEnroller
+    from gallery.gallery import Gallery
+
+    token = os.environ.get(API_TOKEN_ENV, "")
+    if len(token) < 16:
+        raise ConfigError(f"set {API_TOKEN_ENV} to a secret of at least 16 characters before serving the API")
+    if args.db is None:
+        raise ConfigError("name the gallery database with --db PATH (or FACESTREAM_GALLERY_DB)")
+    with _runtime(args) as runtime, Gallery(args.db) as gallery:
+        enroller = PhotoEnroller(gallery, _analyzer(args, runtime, multitask=True), EnrolPolicy(min_quality=args.min_quality))
+        app = create_app(gallery, enroller, token=token, max_upload_bytes=int(args.max_upload_mb * 2**20))
+        log.warning("serving gallery %s on http://%s:%d (docs at /docs)", args.db, args.host, args.port)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     store = _store(args)
     with _runtime(args) as runtime:
@@ -239,8 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose, args.command)
     handlers = {
-        "analyze": _cmd_analyze, "verify": _cmd_verify, "gallery": _cmd_gallery, "info": _cmd_info,
-        "models": _cmd_models,
+        "analyze": _cmd_analyze, "verify": _cmd_verify, "gallery": _cmd_gallery, "serve-api": _cmd_serve_api,
+        "info": _cmd_info, "models": _cmd_models,
     }
     try:
         return handlers[args.command](args)
