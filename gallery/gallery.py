@@ -199,14 +199,15 @@ class Gallery:
                     raise EnrolmentRefusedError(
                         f"this photo (sha256 {digest[:16]}...) is already enrolled for identity '{owner}'"
                     )
-            self.store.upsert_identity(identity_id, name=name, metadata=metadata)
-            self._names[identity_id] = self.store.identity(identity_id).name
-            if not keep:
+            if not keep:  # every photo already enrolled for this identity: update name/metadata only
+                self._names[identity_id] = self.store.upsert_identity(identity_id, name=name, metadata=metadata).name
                 return []
             ids = self.store.add_templates(
                 identity_id, self.model, vectors[keep],
                 image_sha256=[hashes[i] for i in keep], quality=[qualities[i] for i in keep],
+                create=True, name=name, metadata=metadata,
             )
+            self._names[identity_id] = self.store.identity(identity_id).name
             id_array = np.asarray(ids, np.int64)
             self._index.add(id_array, vectors[keep])
             self._tids = np.concatenate([self._tids, id_array])

@@ -178,21 +178,25 @@ class GalleryStore:
     # --- identities ----------------------------------------------------------------------
 
     def upsert_identity(self, identity_id: str, *, name: str | None = None, metadata: dict[str, Any] | None = None) -> Identity:
-        now = utc_now()
         with self._transaction() as db:
-            row = db.execute("SELECT name, metadata FROM identities WHERE id = ?", (identity_id,)).fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT INTO identities VALUES (?, ?, ?, ?, ?)",
-                    (identity_id, name or identity_id, json.dumps(metadata or {}), now, now),
-                )
-            elif name is not None or metadata is not None:
-                db.execute(
-                    "UPDATE identities SET name = ?, metadata = ?, updated_utc = ? WHERE id = ?",
-                    (name if name is not None else row[0],
-                     json.dumps(metadata) if metadata is not None else row[1], now, identity_id),
-                )
+            self._upsert(db, identity_id, name, metadata)
         return self.identity(identity_id)
+
+    @staticmethod
+    def _upsert(db: sqlite3.Connection, identity_id: str, name: str | None, metadata: dict[str, Any] | None) -> None:
+        now = utc_now()
+        row = db.execute("SELECT name, metadata FROM identities WHERE id = ?", (identity_id,)).fetchone()
+        if row is None:
+            db.execute(
+                "INSERT INTO identities VALUES (?, ?, ?, ?, ?)",
+                (identity_id, name or identity_id, json.dumps(metadata or {}), now, now),
+            )
+        elif name is not None or metadata is not None:
+            db.execute(
+                "UPDATE identities SET name = ?, metadata = ?, updated_utc = ? WHERE id = ?",
+                (name if name is not None else row[0],
+                 json.dumps(metadata) if metadata is not None else row[1], now, identity_id),
+            )
 
     def identity(self, identity_id: str) -> Identity:
         with self._errors("read"):
@@ -236,8 +240,13 @@ class GalleryStore:
         *,
         image_sha256: Sequence[str | None] | None = None,
         quality: Sequence[float | None] | None = None,
+        create: bool = False,
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> list[int]:
-        """Add templates to an existing identity in one transaction; returns their ids."""
+        """Add templates to an identity in one transaction; returns their ids. With ``create``,
+        the identity is created (or its name/metadata updated) in the same transaction, so a
+        crash never leaves an identity without the templates it was created for."""
         embeddings = np.ascontiguousarray(embeddings, dtype="<f4")
         n = len(embeddings)
         hashes = list(image_sha256) if image_sha256 is not None else [None] * n
@@ -245,7 +254,9 @@ class GalleryStore:
         now = utc_now()
         ids = []
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone() is None:
+            if create:
+                self._upsert(db, identity_id, name, metadata)
+            elif db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone() is None:
                 raise IdentityNotFoundError(f"no identity '{identity_id}' in {self.path}")
             for vector, digest, q in zip(embeddings, hashes, qualities):
                 cursor = db.execute(
