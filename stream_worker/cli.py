@@ -219,16 +219,20 @@ def _cmd_gallery(args: argparse.Namespace) -> int:
 def _cmd_serve_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from engines.device import Device
     from gallery.api import create_app
     from gallery.enrol import EnrolPolicy, PhotoEnroller
     from gallery.gallery import Gallery
+    from gallery.index import IndexConfig
 
     token = os.environ.get(API_TOKEN_ENV, "")
     if len(token) < 16:
         raise ConfigError(f"set {API_TOKEN_ENV} to a secret of at least 16 characters before serving the API")
     if args.db is None:
         raise ConfigError("name the gallery database with --db PATH (or FACESTREAM_GALLERY_DB)")
-    with _runtime(args) as runtime, Gallery(args.db) as gallery:
+    with _runtime(args) as runtime, Gallery(
+        args.db, index=IndexConfig(use_gpu=runtime.plan.device is Device.CUDA)  # the engine's one device decision
+    ) as gallery:
         enroller = PhotoEnroller(gallery, _analyzer(args, runtime, multitask=True), EnrolPolicy(min_quality=args.min_quality))
         app = create_app(gallery, enroller, token=token, max_upload_bytes=int(args.max_upload_mb * 2**20))
         log.warning("serving gallery %s on http://%s:%d (docs at /docs)", args.db, args.host, args.port)
