@@ -21,7 +21,7 @@ from engines.multitask import MultiTaskNet
 from engines.runtime import EngineRuntime
 from engines.verification import DEFAULT_SIMILARITY_THRESHOLD
 from stream_worker.analyze import FaceAnalyzer, run_analyze, run_verify
-from stream_worker.gallery_cli import add_gallery_parser, run_gallery
+from stream_worker.gallery_cli import GALLERY_ENV, add_gallery_parser, run_gallery
 
 log = logging.getLogger("facestream")
 
@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"Serve a gallery over HTTP. Requests need 'Authorization: Bearer TOKEN' with the token "
         f"from {API_TOKEN_ENV} (at least 16 characters; it is never logged).",
     )
-    serve.add_argument("--db", type=Path, default=os.environ.get("FACESTREAM_GALLERY_DB"),
-                       help="gallery database file (env FACESTREAM_GALLERY_DB)")
+    serve.add_argument("--db", type=Path, default=os.environ.get(GALLERY_ENV),
+                       help=f"gallery database file (env {GALLERY_ENV})")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default %(default)s)")
@@ -229,7 +229,7 @@ def _cmd_serve_api(args: argparse.Namespace) -> int:
     if len(token) < 16:
         raise ConfigError(f"set {API_TOKEN_ENV} to a secret of at least 16 characters before serving the API")
     if args.db is None:
-        raise ConfigError("name the gallery database with --db PATH (or FACESTREAM_GALLERY_DB)")
+        raise ConfigError(f"name the gallery database with --db PATH (or {GALLERY_ENV})")
     with _runtime(args) as runtime, Gallery(
         args.db, index=IndexConfig(use_gpu=runtime.plan.device is Device.CUDA)  # the engine's one device decision
     ) as gallery:
