@@ -26,7 +26,8 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def _frozen_array(name: str, value: Any, shape: tuple[int | None, ...]) -> np.ndarray:
+def frozen_column(name: str, value: Any, shape: tuple[int | None, ...]) -> np.ndarray:
+    """A read-only float32 copy of ``value``, checked against ``shape`` (None: any size)."""
     array = np.array(value, dtype=np.float32, copy=True)
     if array.ndim != len(shape) or any(want is not None and got != want for got, want in zip(array.shape, shape)):
         pretty = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
@@ -54,11 +55,11 @@ class FaceDetections:
     image_height: int
 
     def __post_init__(self) -> None:
-        boxes = _frozen_array("boxes", self.boxes, (None, 4))
+        boxes = frozen_column("boxes", self.boxes, (None, 4))
         n = boxes.shape[0]
         object.__setattr__(self, "boxes", boxes)
-        object.__setattr__(self, "scores", _frozen_array("scores", self.scores, (n,)))
-        object.__setattr__(self, "landmarks", _frozen_array("landmarks", self.landmarks, (n, 5, 2)))
+        object.__setattr__(self, "scores", frozen_column("scores", self.scores, (n,)))
+        object.__setattr__(self, "landmarks", frozen_column("landmarks", self.landmarks, (n, 5, 2)))
         if self.image_width <= 0 or self.image_height <= 0:
             raise ValueError(f"image size must be positive, got {self.image_width}x{self.image_height}")
 

@@ -13,6 +13,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engines.detections import frozen_column
+
 # --- age and gender -----------------------------------------------------------------------
 
 AGE_CLASSES = np.concatenate([[0.25], np.arange(1, 81)]).astype(np.float64)
@@ -120,14 +122,6 @@ def quality_score(
 # --- the result type -------------------------------------------------------------------------
 
 
-def _column(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
-    array = np.array(value, dtype=np.float32, copy=True)
-    if array.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
-    array.flags.writeable = False
-    return array
-
-
 @dataclass(frozen=True, eq=False)
 class FaceAttributes:
     """Multi-task results for the faces of one image, row i for detection i.
@@ -158,7 +152,7 @@ class FaceAttributes:
             "male_probs": (n,), "poses": (n, 3), "qualities": (n,), "align_points": (n, 5, 2),
         }
         for name, shape in shapes.items():
-            object.__setattr__(self, name, _column(name, getattr(self, name), shape))
+            object.__setattr__(self, name, frozen_column(name, getattr(self, name), shape))
 
     @classmethod
     def empty(cls) -> FaceAttributes:
