@@ -139,6 +139,38 @@ class MTCNNDetector:
         Raises :class:`engines.errors.InvalidImageError` (or ``ImageTooLargeError``) naming
         the index of the first bad image; none of the images is processed then.
         """
+        prepared, normalised = self._prepare(images, color)
+        if not prepared:
+            return []
+        candidates = self._stage2(normalised, self._stage1(normalised))
+        return self._finish(prepared, self._stage3(normalised, candidates))
+
+    def refine_batch(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[np.ndarray],
+        *,
+        color: ColorOrder | str = ColorOrder.BGR,
+    ) -> list[FaceDetections]:
+        """Faces near known boxes only: R-Net and O-Net on ``boxes[k]`` (x1, y1, x2, y2 in
+        pixels of ``images[k]``, e.g. a tracker's predictions), without the P-Net pyramid.
+
+        For the frames between full detections of a stream: a few crops instead of a
+        pyramid. Faces that left a box are dropped by R-Net/O-Net; new faces are not found.
+        """
+        prepared, normalised = self._prepare(images, color)
+        if not prepared:
+            return []
+        candidates = []
+        for image, known in zip(prepared, boxes):
+            b = np.asarray(known, np.float64).reshape(-1, 4) * image.scale
+            internal = np.column_stack([b[:, 0] + 1, b[:, 1] + 1, b[:, 2], b[:, 3], np.ones(len(b))])
+            candidates.append(dec.truncate(dec.square(internal)))
+        return self._finish(prepared, self._stage3(normalised, self._stage2(normalised, candidates)))
+
+    def _prepare(
+        self, images: Sequence[np.ndarray], color: ColorOrder | str
+    ) -> tuple[list[PreparedImage], list[np.ndarray]]:
         cfg = self.config
         prepared: list[PreparedImage] = []
         for index, image in enumerate(images):
@@ -150,12 +182,12 @@ class MTCNNDetector:
                 if len(images) == 1:
                     raise
                 raise type(exc)(f"image {index} of {len(images)}: {exc}") from exc
-        if not prepared:
-            return []
-        normalised = [normalise(p.rgb, PNET) for p in prepared]
-        candidates = self._stage1(normalised)
-        candidates = self._stage2(normalised, candidates)
-        results = self._stage3(normalised, candidates)
+        return prepared, [normalise(p.rgb, PNET) for p in prepared]
+
+    @staticmethod
+    def _finish(
+        prepared: list[PreparedImage], results: list[tuple[np.ndarray, np.ndarray]]
+    ) -> list[FaceDetections]:
         return [
             FaceDetections(
                 dec.to_image_coordinates(boxes, p.scale, p.width, p.height),

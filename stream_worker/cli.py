@@ -134,6 +134,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--min-quality", type=float, default=0.5, help="refuse enrolment below this face quality")
     add_pipeline_options(serve)
 
+    run = commands.add_parser(
+        "run", help="process video streams: detect, analyse, track, identify",
+        description="Process video files, RTSP/HTTP streams, webcams (webcam:N) or folders of images. Writes one "
+        "JSON object per frame and per track event; optionally an annotated video and best-shot thumbnails.",
+    )
+    run.add_argument("--source", action="append", required=True, metavar="[ID=]URI",
+                     help="a stream (repeatable); ID names it in the output (default: the file name)")
+    run.add_argument("--gallery", type=Path, help="gallery database for identification")
+    run.add_argument("--out", type=Path, help="JSON lines file (default: standard output)")
+    run.add_argument("--video-out", type=Path, help="annotated video (one file per stream when several)")
+    run.add_argument("--thumbnails", type=Path, help="folder for each track's best shot")
+    run.add_argument("--config", type=Path, help="YAML configuration (see README, 'Configuration')")
+    run.add_argument("--metrics-port", type=int, help="serve /metrics and /health on this port")
+    run.add_argument("--control-file", type=Path, help="add/remove streams while running: lines 'add ID URI', 'remove ID'")
+    run.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
+    run.add_argument("--device", choices=[d.value for d in DeviceRequest], help=f"inference device (env {DEVICE_ENV})")
+    run.add_argument("--workers", type=int, help="concurrent model calls (0 = one per CPU)")
+    run.add_argument("--no-auto-fetch", action="store_true", help="fail instead of fetching missing weights")
+    _add_store_options(run)
+
     info = commands.add_parser("info", help="show the inference device, loaded backends and model cache")
     _add_runtime_options(info)
     _add_store_options(info)
@@ -240,6 +260,22 @@ def _cmd_serve_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from stream_worker.run import run_worker
+
+    overrides: dict[str, dict[str, object]] = {}
+    device = args.device or os.environ.get(DEVICE_ENV)
+    if device:
+        overrides.setdefault("runtime", {})["device"] = device
+    if args.workers is not None:
+        overrides.setdefault("runtime", {})["workers"] = args.workers
+    if args.gallery is not None:
+        overrides.setdefault("gallery", {})["path"] = str(args.gallery)
+    if args.metrics_port is not None:
+        overrides.setdefault("metrics", {})["port"] = args.metrics_port
+    return run_worker(args, overrides, _store(args))
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     store = _store(args)
     with _runtime(args) as runtime:
@@ -278,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose, args.command)
     handlers = {
         "analyze": _cmd_analyze, "verify": _cmd_verify, "gallery": _cmd_gallery, "serve-api": _cmd_serve_api,
-        "info": _cmd_info, "models": _cmd_models,
+        "run": _cmd_run, "info": _cmd_info, "models": _cmd_models,
     }
     try:
         return handlers[args.command](args)

@@ -1,0 +1,72 @@
+"""Prometheus metrics and the health endpoint of a worker.
+
+One :class:`WorkerMetrics` per worker, with its own registry (no process-global state).
+:func:`serve` starts a small HTTP server in a daemon thread: ``/metrics`` (Prometheus text
+format) and ``/health`` (JSON: streams, engine device and backends, fallback flag).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger(__name__)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.frames_in = Counter("facestream_frames_in", "Frames decoded", ["stream"], registry=r)
+        self.frames_processed = Counter("facestream_frames_processed", "Frames through the pipeline", ["stream"], registry=r)
+        self.frames_dropped = Counter("facestream_frames_dropped", "Frames dropped to keep up (realtime pacing)",
+                                      ["stream"], registry=r)
+        self.frames_lost = Counter("facestream_frames_lost", "Frames lost by live sources while reconnecting",
+                                   ["stream"], registry=r)
+        self.corrupt_packets = Counter("facestream_corrupt_packets", "Undecodable packets skipped", ["stream"], registry=r)
+        self.faces = Counter("facestream_faces", "Faces detected", ["stream"], registry=r)
+        self.tracks = Counter("facestream_tracks_started", "Tracks confirmed", ["stream"], registry=r)
+        self.identifications = Counter("facestream_track_identifications", "Tracks identified (and changes)",
+                                       ["stream"], registry=r)
+        self.stage_seconds = Histogram("facestream_stage_seconds", "Time per pipeline call and stage", ["stage"],
+                                       registry=r, buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3))
+        self.queue_depth = Gauge("facestream_queue_frames", "Frames waiting per stream", ["stream"], registry=r)
+        self.streams = Gauge("facestream_streams", "Streams being processed", registry=r)
+
+    def exposition(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+
+def serve(metrics: WorkerMetrics, health: Callable[[], dict[str, Any]], host: str, port: int) -> ThreadingHTTPServer:
+    """Start /metrics and /health on ``host:port`` in a daemon thread; returns the server."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path == "/metrics":
+                body, kind, code = metrics.exposition(), CONTENT_TYPE_LATEST, 200
+            elif self.path == "/health":
+                report = health()
+                body, kind = json.dumps(report).encode(), "application/json"
+                code = 200 if report.get("status") == "ok" else 503
+            else:
+                body, kind, code = b"not found\n", "text/plain", 404
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            log.debug("metrics http: " + format, *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    log.info("metrics on http://%s:%d/metrics, health on /health", host, server.server_address[1])
+    return server

@@ -1,0 +1,111 @@
+"""``facestream run``: build the worker from the configuration and run it to the end."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import av
+from tqdm import tqdm
+
+from engines.device import Device
+from engines.model_store import ModelStore
+from engines.mtcnn import MTCNNDetector
+from engines.multitask import MultiTaskNet
+from engines.runtime import EngineRuntime
+from gallery.gallery import Gallery
+from stream_worker.config import as_dict, load_config
+from stream_worker.metrics import WorkerMetrics, serve
+from stream_worker.pipeline import FacePipeline
+from stream_worker.sinks import JsonLinesSink, Sink, ThumbnailSink, VideoSink
+from stream_worker.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+def parse_sources(specs: list[str]) -> list[tuple[str, str]]:
+    """``[ID=]URI`` -> (stream id, uri); ids default to the file name, made unique."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for n, spec in enumerate(specs, 1):
+        head, sep, tail = spec.partition("=")
+        if sep and "://" not in head and "/" not in head and head:
+            stream_id, uri = head, tail
+        else:
+            uri = spec
+            stream_id = Path(uri.split("?")[0].rstrip("/")).stem or f"stream{n}" if "://" not in uri else f"stream{n}"
+        base, k = stream_id, 2
+        while stream_id in seen:
+            stream_id, k = f"{base}-{k}", k + 1
+        seen.add(stream_id)
+        out.append((stream_id, uri))
+    return out
+
+
+def known_frames(uri: str) -> int | None:
+    """Frame count of a video file, when its header says (for the progress bar)."""
+    if "://" in uri or not Path(uri).is_file():
+        return None
+    try:
+        with av.open(uri) as container:
+            frames = container.streams.video[0].frames if container.streams.video else 0
+    except av.error.FFmpegError:
+        return None
+    return int(frames) or None
+
+
+def run_worker(args: argparse.Namespace, overrides: Mapping[str, Any], store: ModelStore) -> int:
+    config = load_config(args.config, overrides=overrides)
+    if args.print_config:
+        print(json.dumps(as_dict(config), indent=2))
+        return 0
+    sources = parse_sources(args.source)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with EngineRuntime(config.runtime) as runtime:
+        detector = MTCNNDetector.create(config.detector, runtime=runtime, store=store)
+        multitask = MultiTaskNet.create(runtime=runtime, store=store)
+        gallery = None
+        if config.gallery.path is not None:
+            index = dataclasses.replace(config.gallery.index, use_gpu=runtime.plan.device is Device.CUDA)
+            gallery = Gallery(config.gallery.path, index=index, threshold=config.gallery.threshold, create=False)
+        sinks: list[Sink] = [JsonLinesSink(args.out)]
+        thumbnails = ThumbnailSink(args.thumbnails) if args.thumbnails else None
+        if thumbnails is not None:
+            sinks.append(thumbnails)
+        if args.video_out:
+            sinks.append(VideoSink(args.video_out, several_streams=len(sources) > 1))
+        pipeline = FacePipeline(
+            detector, multitask, gallery, config.pipeline,
+            thumbnail_ref=thumbnails.reference if thumbnails else lambda stream, track: None,
+        )
+        metrics = WorkerMetrics()
+        worker = Worker(pipeline, sinks, config.stream, metrics=metrics)
+        server = None
+        if config.metrics.port:
+            server = serve(metrics, lambda: {**worker.health(), "engine": runtime.describe()},
+                           config.metrics.host, config.metrics.port)
+        for stream_id, uri in sources:
+            worker.add_stream(stream_id, uri)
+        totals = [known_frames(uri) for _, uri in sources]
+        total = sum(t for t in totals if t) if all(totals) else None
+        with tqdm(total=total, unit="frame", desc="processing", disable=None, file=sys.stderr) as bar:
+            summary = worker.run(control_file=args.control_file, progress=bar.update, stop=stop)
+        if server is not None:
+            server.shutdown()
+        if gallery is not None:
+            gallery.close()
+    report = summary.to_json()
+    report["engine"] = runtime.describe()
+    print(json.dumps({"summary": report}), file=sys.stderr)
+    failed = [sid for sid, s in summary.streams.items() if s["error"]]
+    return 1 if failed else 0
