@@ -133,6 +133,7 @@ class FaceAttributes:
     - ``male_probs``: (N,) P(male).
     - ``poses``: (N, 3) yaw, pitch, roll in degrees (see :func:`head_pose`).
     - ``qualities``: (N,) in [0, 1] (see :func:`quality_score`).
+    - ``sharpness``: (N,) variance of the Laplacian of the 150 px gray chip (a factor of quality).
     - ``align_points``: (N, 5, 2) dlib's 5 points the chips were aligned on.
     """
 
@@ -143,13 +144,14 @@ class FaceAttributes:
     male_probs: np.ndarray
     poses: np.ndarray
     qualities: np.ndarray
+    sharpness: np.ndarray
     align_points: np.ndarray
 
     def __post_init__(self) -> None:
         n = np.asarray(self.embeddings).shape[0]
         shapes = {
             "embeddings": (n, 128), "descriptor_norms": (n,), "ages": (n,), "age_stds": (n,),
-            "male_probs": (n,), "poses": (n, 3), "qualities": (n,), "align_points": (n, 5, 2),
+            "male_probs": (n,), "poses": (n, 3), "qualities": (n,), "sharpness": (n,), "align_points": (n, 5, 2),
         }
         for name, shape in shapes.items():
             object.__setattr__(self, name, frozen_column(name, getattr(self, name), shape))
@@ -158,7 +160,7 @@ class FaceAttributes:
     def empty(cls) -> FaceAttributes:
         return cls(
             np.zeros((0, 128)), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 3)), np.zeros(0),
-            np.zeros((0, 5, 2)),
+            np.zeros(0), np.zeros((0, 5, 2)),
         )
 
     def __len__(self) -> int:
@@ -169,7 +171,8 @@ class FaceAttributes:
             index = [int(index)]
         return FaceAttributes(
             self.embeddings[index], self.descriptor_norms[index], self.ages[index], self.age_stds[index],
-            self.male_probs[index], self.poses[index], self.qualities[index], self.align_points[index],
+            self.male_probs[index], self.poses[index], self.qualities[index], self.sharpness[index],
+            self.align_points[index],
         )
 
     @property
@@ -179,16 +182,23 @@ class FaceAttributes:
 
     def to_json(self, i: int, *, embedding: bool = False) -> dict[str, Any]:
         """The JSON fields of face ``i``."""
-        male = float(self.male_probs[i])
-        yaw, pitch, roll = (None if math.isnan(v) else round(float(v), 1) for v in self.poses[i])
-        record: dict[str, Any] = {
-            "age": round(float(self.ages[i]), 1),
-            "age_std": round(float(self.age_stds[i]), 1),
-            "gender": "male" if male > 0.5 else "female",
-            "gender_score": round(max(male, 1.0 - male), 4),
-            "pose": {"yaw": yaw, "pitch": pitch, "roll": roll},
-            "quality": round(float(self.qualities[i]), 3),
-        }
+        record = attribute_record(
+            float(self.ages[i]), float(self.age_stds[i]), float(self.male_probs[i]), self.poses[i],
+            float(self.qualities[i]),
+        )
         if embedding:
             record["embedding"] = [round(float(v), 6) for v in self.embeddings[i]]
         return record
+
+
+def attribute_record(age: float, age_std: float, male: float, pose: np.ndarray, quality: float) -> dict[str, Any]:
+    """The JSON fields of one face's attributes (shared by fresh and carried-over analyses)."""
+    yaw, pitch, roll = (None if math.isnan(v) else round(float(v), 1) for v in pose)
+    return {
+        "age": round(age, 1),
+        "age_std": round(age_std, 1),
+        "gender": "male" if male > 0.5 else "female",
+        "gender_score": round(max(male, 1.0 - male), 4),
+        "pose": {"yaw": yaw, "pitch": pitch, "roll": roll},
+        "quality": round(quality, 3),
+    }

@@ -175,7 +175,7 @@ class MultiTaskNet:
         sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         scores = np.concatenate([d.scores for d in detections])
         quality = quality_score(sides, merged.laplacian, poses, scores)
-        columns = (embeddings, norms, ages, age_stds, male, poses, quality, merged.points)
+        columns = (embeddings, norms, ages, age_stds, male, poses, quality, merged.laplacian, merged.points)
         bounds = np.cumsum([len(d) for d in detections])[:-1]
         per_image = [np.split(column, bounds) for column in columns]
         return [FaceAttributes(*(parts[k] for parts in per_image)) for k in range(len(detections))]

@@ -5,10 +5,21 @@ stream order) and returns, per frame, its :class:`FrameResult` and the track eve
 caused. Per-stream state (tracker, track states, detection schedule) lives in a
 :class:`StreamState` created on a stream's first frame and dropped by :meth:`end_stream`.
 
-Detection schedule: a full MTCNN pass every ``detect_every_frames`` frames of a stream;
-in between, only the boxes the tracker predicts are refined with R-Net and O-Net (a few
-crops instead of the image pyramid). A new face is therefore found within
-``detect_every_frames`` frames.
+Schedules (so throughput is not bound by the full pyramid and the multi-task network on
+every face of every frame):
+
+- detection: a full MTCNN pass every ``detect_every_frames`` frames of a stream and on
+  scene cuts; in between, only the boxes the tracker predicts are refined with R-Net and
+  O-Net (a few crops instead of the image pyramid). A new face is found within
+  ``detect_every_frames`` frames.
+- analysis: every face of a full-detection frame is analysed (its embedding also guards
+  the tracker against joining different people); between, a confirmed track's face is
+  analysed every ``analyze_every_frames`` frames. Faces of confirmed tracks report the
+  track's smoothed age and gender; pose and quality are computed for every face on every
+  frame (quality with the sharpness of the track's last analysis).
+- within a shot, refined faces join their tracks by overlap; a scene cut (see
+  :class:`SceneCut`) forces full detection and analysis, so no track crosses a cut on
+  position alone.
 """
 
 from __future__ import annotations
@@ -22,28 +33,35 @@ import numpy as np
 
 from engines.detections import FaceDetections
 from engines.errors import ConfigError
-from engines.face_attributes import FaceAttributes
+from engines.face_attributes import FaceAttributes, attribute_record, head_pose, quality_score
 from engines.mtcnn import MTCNNDetector
 from engines.multitask import MultiTaskNet
 from gallery.gallery import Gallery
 from stream_worker.frames import Frame, now_utc
 from stream_worker.messages import FrameResult, TrackEvent
 from stream_worker.track_state import IdentifyConfig, TrackState
-from stream_worker.tracker import FaceTracker, TrackerConfig
+from stream_worker.tracker import FaceTracker, TrackerConfig, TrackUpdate
 
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineConfig:
-    detect_every_frames: int = 3
+    detect_every_frames: int = 5
     """Full detection on every n-th frame of a stream; refinement of tracked faces between."""
+    analyze_every_frames: int = 5
+    """A tracked face is analysed (embedding, age, gender, sharpness) at least every n-th frame;
+    always on full-detection frames and while its track is unconfirmed."""
+    scene_cut_mad: float = 20.0
+    """Mean absolute difference (grey levels, 64x36 thumbnails) between consecutive frames
+    above which the frame is a scene cut: full detection and analysis. 0: never."""
     thumbnail_size_px: int = 160
     """Longest side of a best-shot JPEG."""
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
 
     def __post_init__(self) -> None:
-        if self.detect_every_frames < 1 or self.thumbnail_size_px < 16:
-            raise ConfigError("pipeline: detect_every_frames must be >= 1 and thumbnail_size_px >= 16")
+        if self.detect_every_frames < 1 or self.analyze_every_frames < 1 or self.thumbnail_size_px < 16:
+            raise ConfigError("pipeline: detect_every_frames and analyze_every_frames must be >= 1, "
+                              "thumbnail_size_px >= 16")
 
 
 STAGES = ("detect", "analyze", "track", "identify")
@@ -67,11 +85,30 @@ class FrameOutput:
     """Best-shot JPEGs of the tracks that ended on this frame, by track id."""
     detections: FaceDetections
     track_ids: list[int | None]
+    attributes: list[dict[str, object]]
+    """Per face: age, age_std, gender, gender_score, pose, quality."""
+
+
+class SceneCut:
+    """Detects cuts between consecutive frames of one stream (cheap: 64x36 grey thumbnails)."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self._previous: np.ndarray | None = None
+
+    def __call__(self, image: np.ndarray) -> bool:
+        """True for the first frame and for frames unlike the one before."""
+        grey = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (64, 36), interpolation=cv2.INTER_AREA)
+        previous, self._previous = self._previous, grey.astype(np.float32)
+        if previous is None:
+            return True
+        return bool(self.threshold > 0 and np.abs(self._previous - previous).mean() > self.threshold)
 
 
 @dataclass
 class StreamState:
     tracker: FaceTracker
+    scene: SceneCut
     tracks: dict[int, TrackState] = field(default_factory=dict)
     last_frame: int = -1
     last_full_detection: int | None = None
@@ -100,17 +137,20 @@ class FacePipeline:
 
     def _stream(self, stream_id: str) -> StreamState:
         if stream_id not in self.streams:
-            self.streams[stream_id] = StreamState(FaceTracker(self.config.tracker))
+            self.streams[stream_id] = StreamState(FaceTracker(self.config.tracker), SceneCut(self.config.scene_cut_mad))
         return self.streams[stream_id]
 
     # --- stages ----------------------------------------------------------------------------
 
-    def _detect(self, frames: Sequence[Frame]) -> list[FaceDetections]:
-        full, refine = [], []
+    def _detect(self, frames: Sequence[Frame]) -> tuple[list[FaceDetections], list[bool]]:
+        """Detections per frame, and whether each frame had a full detection."""
+        full: list[int] = []
+        refine: list[int] = []
         for k, frame in enumerate(frames):
             state = self._stream(frame.stream_id)
+            cut = state.scene(frame.image)
             due = state.last_full_detection is None or frame.index - state.last_full_detection >= self.config.detect_every_frames
-            if due or not state.tracker.predicted_boxes(frame.index):
+            if cut or due or not state.tracker.predicted_boxes(frame.index):
                 full.append(k)
                 state.last_full_detection = frame.index
             else:
@@ -124,7 +164,8 @@ class FacePipeline:
                          for k in refine]
             for k, found in zip(refine, self.detector.refine_batch([frames[k].image for k in refine], predicted)):
                 out[k] = found
-        return [d for d in out if d is not None]
+        is_full = [k in full for k in range(len(frames))]
+        return [d for d in out if d is not None], is_full
 
     def process(self, frames: Sequence[Frame]) -> list[FrameOutput]:
         """Process frames of different streams (one per stream, each after the previous frame
@@ -137,45 +178,78 @@ class FacePipeline:
                 raise ValueError(f"stream {frame.stream_id}: frame {frame.index} after frame {state.last_frame}")
         times = self.times.seconds
         started = time.perf_counter()
-        detections = self._detect(frames)
+        detections, is_full = self._detect(frames)
         times["detect"] += time.perf_counter() - started
 
+        # Refined frames join tracks by overlap first, so their analyses can be scheduled.
         started = time.perf_counter()
-        attributes = self.multitask.analyze([f.image for f in frames], detections)
+        updates: dict[int, TrackUpdate] = {}
+        for k, frame in enumerate(frames):
+            if not is_full[k]:
+                updates[k] = self._stream(frame.stream_id).tracker.update(frame.index, detections[k].boxes, None)
+        times["track"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        rows = [self._to_analyse(frame, detections[k], is_full[k], updates.get(k)) for k, frame in enumerate(frames)]
+        analysed = self.multitask.analyze([f.image for f in frames], [d[r] for d, r in zip(detections, rows)])
         times["analyze"] += time.perf_counter() - started
 
         started = time.perf_counter()
-        outputs = [self._track(frame, faces, attrs) for frame, faces, attrs in zip(frames, detections, attributes)]
+        for k, frame in enumerate(frames):
+            if is_full[k]:
+                embeddings = analysed[k].embeddings if len(detections[k]) else None
+                updates[k] = self._stream(frame.stream_id).tracker.update(frame.index, detections[k].boxes, embeddings)
+        outputs = [
+            self._record(frame, detections[k], updates[k], rows[k], analysed[k]) for k, frame in enumerate(frames)
+        ]
         times["track"] += time.perf_counter() - started
 
         started = time.perf_counter()
         self._identify(frames, outputs)
         times["identify"] += time.perf_counter() - started
 
-        for output, attrs in zip(outputs, attributes):
-            output.result = self._frame_result(output, attrs)
+        for output in outputs:
+            output.result = self._frame_result(output)
         self.times.frames += len(frames)
         self.times.faces += sum(len(d) for d in detections)
         return outputs
 
-    def _track(self, frame: Frame, faces: FaceDetections, attrs: FaceAttributes) -> FrameOutput:
+    def _to_analyse(self, frame: Frame, faces: FaceDetections, full: bool, update: TrackUpdate | None) -> list[int]:
+        if full or update is None:
+            return list(range(len(faces)))
+        tracks = self._stream(frame.stream_id).tracks
+        every = self.config.analyze_every_frames
+        return [
+            i for i, track_id in enumerate(update.track_ids)
+            if track_id is None or track_id not in tracks or tracks[track_id].due(frame.index, every)
+        ]
+
+    def _record(
+        self, frame: Frame, faces: FaceDetections, update: TrackUpdate, rows: list[int], analysed: FaceAttributes
+    ) -> FrameOutput:
+        """Track events, track states and per-face attributes of one frame."""
         state = self._stream(frame.stream_id)
         state.last_frame = frame.index
-        update = state.tracker.update(frame.index, faces.boxes, attrs.embeddings if len(faces) else None)
         events = []
         for track_id in update.started:
             state.tracks[track_id] = TrackState(frame.stream_id, track_id, frame.index, frame.pts_ms, self.config.identify)
             events.append(TrackEvent("track_started", frame.stream_id, track_id, frame.index, frame.pts_ms))
+        fresh = {face: j for j, face in enumerate(rows)}
+        poses = head_pose(faces.landmarks, faces.image_width, faces.image_height) if len(faces) else np.zeros((0, 3))
+        attributes: list[dict[str, object]] = []
         for i, track_id in enumerate(update.track_ids):
-            if track_id is None:
-                continue
-            track = state.tracks[track_id]
-            improved = track.observe(
-                frame.index, frame.pts_ms, faces.boxes[i], float(attrs.qualities[i]), float(attrs.ages[i]),
-                float(attrs.male_probs[i]), attrs.embeddings[i],
-            )
-            if improved and track.best is not None:
-                track.best.jpeg = self._thumbnail(frame.image, faces.boxes[i])
+            track = state.tracks.get(track_id) if track_id is not None else None
+            j = fresh.get(i)
+            if j is not None and track is not None:
+                improved = track.observe(
+                    frame.index, frame.pts_ms, faces.boxes[i], float(analysed.qualities[j]), float(analysed.ages[j]),
+                    float(analysed.male_probs[j]), analysed.embeddings[j], float(analysed.sharpness[j]),
+                )
+                if improved and track.best is not None:
+                    track.best.jpeg = self._thumbnail(frame.image, faces.boxes[i])
+            elif track is not None:
+                track.seen(frame.index, frame.pts_ms)
+            attributes.append(self._attributes(faces, i, poses[i], track, analysed, j))
         thumbnails = {}
         for track_id in update.ended:
             event, jpeg = self._end_track(state, track_id, frame)
@@ -183,7 +257,27 @@ class FacePipeline:
             if jpeg is not None:
                 thumbnails[track_id] = jpeg
         empty = FrameResult(frame.stream_id, frame.index, frame.pts_ms, frame.received_utc, 1, 1, ())
-        return FrameOutput(frame, empty, events, thumbnails, faces, update.track_ids)
+        return FrameOutput(frame, empty, events, thumbnails, faces, update.track_ids, attributes)
+
+    @staticmethod
+    def _attributes(
+        faces: FaceDetections, i: int, pose: np.ndarray, track: TrackState | None, analysed: FaceAttributes, j: int | None
+    ) -> dict[str, object]:
+        """A face's attributes: the track's smoothed age and gender when it has a track, the
+        frame's own estimate otherwise; pose and quality of this frame."""
+        side = np.array([max(faces.boxes[i, 2] - faces.boxes[i, 0], faces.boxes[i, 3] - faces.boxes[i, 1])])
+        if j is not None:
+            sharpness = float(analysed.sharpness[j])
+        else:
+            sharpness = track.sharpness if track is not None else 0.0
+        quality = float(quality_score(side, np.array([sharpness]), pose[None], faces.scores[i : i + 1])[0])
+        if track is not None and track.frames_analysed:
+            age, spread = track.age
+            return attribute_record(age, spread, track.male_probability, pose, quality)
+        if j is None:  # cannot happen: faces without a track are always analysed
+            raise ValueError("a face without a track was not analysed")
+        return attribute_record(float(analysed.ages[j]), float(analysed.age_stds[j]), float(analysed.male_probs[j]),
+                                pose, quality)
 
     def _identify(self, frames: Sequence[Frame], outputs: list[FrameOutput]) -> None:
         if self.gallery is None:
@@ -207,14 +301,14 @@ class FacePipeline:
                     identity=changed, previous_identity=previous,
                 ))
 
-    def _frame_result(self, output: FrameOutput, attrs: FaceAttributes) -> FrameResult:
+    def _frame_result(self, output: FrameOutput) -> FrameResult:
         frame, faces = output.frame, output.detections
         tracks = self._stream(frame.stream_id).tracks
         records = []
         for i, face in enumerate(faces.to_json()):
             track_id = output.track_ids[i]
             identity = tracks[track_id].identity if track_id is not None and track_id in tracks else None
-            face.update(attrs.to_json(i))
+            face.update(output.attributes[i])
             face["track_id"] = track_id
             face["identity"] = None if identity is None else identity.to_json()
             records.append(face)

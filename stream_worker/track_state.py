@@ -73,6 +73,9 @@ class TrackState:
     last_pts_ms: float | None = None
     frames: int = 0
     best: BestShot | None = None
+    last_analysed_frame: int = -1
+    sharpness: float = 0.0
+    """Sharpness of the last analysed face (for the quality of the frames between analyses)."""
     searched_quality: float = -1.0
     identity: IdentityRef | None = None
     _votes: dict[str, _Vote] = field(default_factory=dict)
@@ -80,13 +83,27 @@ class TrackState:
     _male_weighted: float = 0.0
     _weight: float = 0.0
 
-    def observe(
-        self, frame_index: int, pts_ms: float | None, box: np.ndarray, quality: float, age: float, male: float,
-        embedding: np.ndarray,
-    ) -> bool:
-        """Record one sighting; True if the best shot improved (a new thumbnail is due)."""
+    def seen(self, frame_index: int, pts_ms: float | None) -> None:
+        """A sighting without a fresh analysis (between scheduled analyses)."""
         self.frames += 1
         self.last_frame, self.last_pts_ms = frame_index, pts_ms
+
+    @property
+    def frames_analysed(self) -> int:
+        return len(self._ages)
+
+    def due(self, frame_index: int, every: int) -> bool:
+        """Whether this track's face should be analysed again on ``frame_index``."""
+        return frame_index - self.last_analysed_frame >= every
+
+    def observe(
+        self, frame_index: int, pts_ms: float | None, box: np.ndarray, quality: float, age: float, male: float,
+        embedding: np.ndarray, sharpness: float = 0.0,
+    ) -> bool:
+        """Record one analysed sighting; True if the best shot improved (a thumbnail is due)."""
+        self.seen(frame_index, pts_ms)
+        self.last_analysed_frame = frame_index
+        self.sharpness = sharpness
         weight = max(quality, 1e-3)
         self._ages.append((age, weight))
         while len(self._ages) > self.config.age_window:
