@@ -17,7 +17,7 @@ def test_exactly_two_setup_commands() -> None:
     commands = quick_start_commands()
     assert len(commands) == 2 and all("\n" not in c for c in commands)
     main_job, tests = commands
-    assert "pip install -e ." in main_job and "facestream analyze" in main_job
+    assert "pip install -e ." in main_job and "facestream run" in main_job and "--video-out" in main_job
     assert "pytest" in tests
 
 
@@ -26,7 +26,10 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert quick_start_commands()[1] in ci
 
 
-def test_readme_sample_image_exists() -> None:
+def test_readme_samples_exist() -> None:
     main_job = quick_start_commands()[0]
-    sample = main_job.rsplit(" ", 1)[1]
-    assert (REPO / sample).resolve().is_file()
+    folder = re.search(r"S=(\S+)", main_job).group(1)  # type: ignore[union-attr]
+    samples = re.findall(r"\$S/(\S+)", main_job)
+    assert len(samples) == 3
+    for sample in samples:
+        assert (REPO / folder / sample).resolve().is_file()
