@@ -33,11 +33,16 @@ def _umask() -> int:
     return mask
 
 
+def plain_file_mode(fd: int) -> None:
+    """Give a mkstemp file (0600) the mode a plain open() would have (0666 less the umask)."""
+    os.fchmod(fd, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, whole."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # what a plain open() would give, not mkstemp's 0600
+        plain_file_mode(fd)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 from engines.errors import ConfigError
-from engines.fileio import atomic_write_bytes, fsync_dir, sha256_file
+from engines.fileio import atomic_write_bytes, fsync_dir, plain_file_mode, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,7 @@ class TemplateIndex:
         """Write the index and its stamp atomically (temp file, fsync, rename)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        plain_file_mode(fd)
         os.close(fd)
         try:
             faiss.write_index(self._cpu, tmp)
