@@ -357,6 +357,6 @@ class FacePipeline:
 
 
 def stage_summary(times: StageTimes) -> dict[str, float]:
-    """Milliseconds per frame and frames per second of each stage."""
+    """Milliseconds per processed frame spent in each stage."""
     frames = max(times.frames, 1)
     return {stage: round(seconds / frames * 1000, 2) for stage, seconds in times.seconds.items()}
