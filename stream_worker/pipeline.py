@@ -37,7 +37,7 @@ from engines.face_attributes import FaceAttributes, attribute_record, head_pose,
 from engines.mtcnn import MTCNNDetector
 from engines.multitask import MultiTaskNet
 from gallery.gallery import Gallery
-from stream_worker.frames import Frame, now_utc
+from stream_worker.frames import Frame
 from stream_worker.messages import FrameResult, TrackEvent
 from stream_worker.track_state import IdentifyConfig, TrackState
 from stream_worker.tracker import FaceTracker, TrackerConfig, TrackUpdate
@@ -146,22 +146,23 @@ class FacePipeline:
         """Detections per frame, and whether each frame had a full detection."""
         full: list[int] = []
         refine: list[int] = []
+        predicted: list[np.ndarray] = []
         for k, frame in enumerate(frames):
             state = self._stream(frame.stream_id)
             cut = state.scene(frame.image)
             due = state.last_full_detection is None or frame.index - state.last_full_detection >= self.config.detect_every_frames
-            if cut or due or not state.tracker.predicted_boxes(frame.index):
+            boxes = state.tracker.predicted_boxes(frame.index)
+            if cut or due or not boxes:
                 full.append(k)
                 state.last_full_detection = frame.index
             else:
                 refine.append(k)
+                predicted.append(np.array(list(boxes.values())))
         out: list[FaceDetections | None] = [None] * len(frames)
         if full:
             for k, found in zip(full, self.detector.detect_batch([frames[k].image for k in full])):
                 out[k] = found
         if refine:
-            predicted = [np.array(list(self._stream(frames[k].stream_id).tracker.predicted_boxes(frames[k].index).values()))
-                         for k in refine]
             for k, found in zip(refine, self.detector.refine_batch([frames[k].image for k in refine], predicted)):
                 out[k] = found
         is_full = [k in full for k in range(len(frames))]
@@ -252,7 +253,7 @@ class FacePipeline:
             attributes.append(self._attributes(faces, i, poses[i], track, analysed, j))
         thumbnails = {}
         for track_id in update.ended:
-            event, jpeg = self._end_track(state, track_id, frame)
+            event, jpeg = self._end_track(state, frame.stream_id, track_id)
             events.append(event)
             if jpeg is not None:
                 thumbnails[track_id] = jpeg
@@ -329,12 +330,12 @@ class FacePipeline:
         ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
         return encoded.tobytes() if ok else b""
 
-    def _end_track(self, state: StreamState, track_id: int, frame: Frame) -> tuple[TrackEvent, bytes | None]:
+    def _end_track(self, state: StreamState, stream_id: str, track_id: int) -> tuple[TrackEvent, bytes | None]:
         track = state.tracks.pop(track_id)  # per-track state is evicted when the track ends
         jpeg = track.best.jpeg if track.best is not None else None
-        reference = self.thumbnail_ref(frame.stream_id, track_id) if jpeg else None
+        reference = self.thumbnail_ref(stream_id, track_id) if jpeg else None
         event = TrackEvent(
-            "track_ended", frame.stream_id, track_id, track.last_frame, track.last_pts_ms,
+            "track_ended", stream_id, track_id, track.last_frame, track.last_pts_ms,
             identity=track.identity, summary=track.summary(reference),
         )
         return event, jpeg
@@ -346,9 +347,8 @@ class FacePipeline:
         if state is None:
             return [], {}
         events, thumbnails = [], {}
-        last = Frame(stream_id, state.last_frame, None, np.zeros((1, 1, 3), np.uint8), now_utc())
         for track_id in sorted(state.tracks):
-            event, jpeg = self._end_track(state, track_id, last)
+            event, jpeg = self._end_track(state, stream_id, track_id)
             events.append(event)
             if jpeg is not None:
                 thumbnails[track_id] = jpeg

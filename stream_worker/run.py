@@ -41,7 +41,8 @@ def parse_sources(specs: list[str]) -> list[tuple[str, str]]:
             stream_id, uri = head, tail
         else:
             uri = spec
-            stream_id = Path(uri.split("?")[0].rstrip("/")).stem or f"stream{n}" if "://" not in uri else f"stream{n}"
+            local_name = Path(uri.split("?")[0].rstrip("/")).stem if "://" not in uri else ""
+            stream_id = local_name or f"stream{n}"
         base, k = stream_id, 2
         while stream_id in seen:
             stream_id, k = f"{base}-{k}", k + 1
