@@ -22,6 +22,7 @@ from engines.runtime import EngineRuntime
 from engines.verification import DEFAULT_SIMILARITY_THRESHOLD
 from stream_worker.analyze import FaceAnalyzer, run_analyze, run_verify
 from stream_worker.gallery_cli import GALLERY_ENV, add_gallery_parser, run_gallery
+from stream_worker.kafka_cli import add_kafka_parsers
 
 log = logging.getLogger("facestream")
 
@@ -154,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-auto-fetch", action="store_true", help="fail instead of fetching missing weights")
     _add_store_options(run)
 
+    add_kafka_parsers(commands, _add_store_options)
+
     info = commands.add_parser("info", help="show the inference device, loaded backends and model cache")
     _add_runtime_options(info)
     _add_store_options(info)
@@ -260,20 +263,43 @@ def _cmd_serve_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from stream_worker.run import run_worker
-
+def _worker_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """Configuration set by command-line flags (above the file, below the environment)."""
     overrides: dict[str, dict[str, object]] = {}
-    device = args.device or os.environ.get(DEVICE_ENV)
+    device = getattr(args, "device", None) or os.environ.get(DEVICE_ENV)
     if device:
         overrides.setdefault("runtime", {})["device"] = device
-    if args.workers is not None:
+    if getattr(args, "workers", None) is not None:
         overrides.setdefault("runtime", {})["workers"] = args.workers
     if args.gallery is not None:
         overrides.setdefault("gallery", {})["path"] = str(args.gallery)
     if args.metrics_port is not None:
         overrides.setdefault("metrics", {})["port"] = args.metrics_port
-    return run_worker(args, overrides, _store(args))
+    return overrides
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from stream_worker.run import run_worker
+
+    return run_worker(args, _worker_overrides(args), _store(args))
+
+
+def _cmd_consume(args: argparse.Namespace) -> int:
+    from stream_worker.kafka_cli import run_consume
+
+    return run_consume(args, _worker_overrides(args), _store(args))
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from stream_worker.kafka_cli import run_produce
+
+    return run_produce(args)
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from stream_worker.kafka_cli import run_tail
+
+    return run_tail(args)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -314,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose, args.command)
     handlers = {
         "analyze": _cmd_analyze, "verify": _cmd_verify, "gallery": _cmd_gallery, "serve-api": _cmd_serve_api,
-        "run": _cmd_run, "info": _cmd_info, "models": _cmd_models,
+        "run": _cmd_run, "info": _cmd_info, "models": _cmd_models, "consume": _cmd_consume,
+        "produce": _cmd_produce, "tail": _cmd_tail,
     }
     try:
         return handlers[args.command](args)

@@ -26,6 +26,7 @@ import yaml
 from engines.config import DetectorConfig, RuntimeConfig
 from engines.errors import ConfigError
 from gallery.index import IndexConfig
+from stream_worker.kafka_client import KafkaConfig
 from stream_worker.pipeline import PipelineConfig
 from stream_worker.track_state import IdentifyConfig
 from stream_worker.tracker import TrackerConfig
@@ -83,6 +84,8 @@ class WorkerConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    """Used by ``facestream consume`` (and ``produce``/``tail`` for the broker address)."""
 
 
 def _convert(value: Any, kind: Any, where: str) -> Any:
@@ -183,6 +186,6 @@ def as_dict(config: Any) -> Any:
 
 
 __all__ = [
-    "GalleryConfig", "IdentifyConfig", "MetricsConfig", "Pacing", "StreamConfig", "TrackerConfig", "WorkerConfig",
+    "GalleryConfig", "IdentifyConfig", "KafkaConfig", "MetricsConfig", "Pacing", "StreamConfig", "TrackerConfig", "WorkerConfig",
     "as_dict", "build", "load_config",
 ]

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 GALLERY_ENV = "FACESTREAM_GALLERY_DB"
 
+BOOTSTRAP_ENV = "FACESTREAM_KAFKA_BOOTSTRAP"
+
 AnalyzerFactory = Callable[[argparse.Namespace], FaceAnalyzer]
 
 
@@ -36,6 +38,10 @@ def add_gallery_parser(commands: Any, add_common: Callable[[argparse.ArgumentPar
     parser = commands.add_parser("gallery", help="manage a gallery of known people (enrol, search, remove, ...)")
     parser.add_argument("--db", type=Path, default=os.environ.get(GALLERY_ENV),
                         help=f"gallery database file (env {GALLERY_ENV}); created on first enrolment")
+    parser.add_argument("--publish", metavar="HOST:PORT", default=os.environ.get(BOOTSTRAP_ENV),
+                        help="also publish enrolments and erasures to the Kafka gallery changelog on these brokers "
+                        f"(env {BOOTSTRAP_ENV}), so every worker follows")
+    parser.add_argument("--changelog-topic", default="faces.gallery", help="default %(default)s")
     actions = parser.add_subparsers(dest="gallery_command", required=True, metavar="ACTION")
 
     enrol = actions.add_parser("enrol", help="enrol photos of one person")
@@ -60,6 +66,8 @@ def add_gallery_parser(commands: Any, add_common: Callable[[argparse.ArgumentPar
     add_common(search)
 
     actions.add_parser("stats", help="counts, index, threshold, identities needing re-enrolment")
+    publish = actions.add_parser("publish", help="publish identities to the Kafka changelog (needs --publish)")
+    publish.add_argument("identities", nargs="*", metavar="ID", help="which (default: all)")
     export = actions.add_parser("export", help="templates as JSON lines (backup, migration)")
     export.add_argument("--out", type=Path, help="file to write (default: standard output)")
     imp = actions.add_parser("import", help="load an export")
@@ -80,9 +88,25 @@ def run_gallery(args: argparse.Namespace, analyzer: AnalyzerFactory) -> int:
     if args.db is None:
         raise ConfigError(f"name the gallery database with --db PATH (or {GALLERY_ENV})")
     command = args.gallery_command
+    publisher = None
+    if args.publish:
+        from stream_worker.gallery_changelog import GalleryPublisher
+        from stream_worker.kafka_client import KafkaConfig, make_producer
+
+        kafka = KafkaConfig(bootstrap_servers=args.publish, gallery_topic=args.changelog_topic)
+        publisher = GalleryPublisher(make_producer(kafka), kafka.gallery_topic)
     with Gallery(args.db, create=command in ("enrol", "import", "calibrate")) as gallery:
         if command == "enrol":
-            return _enrol(args, gallery, analyzer(args))
+            status = _enrol(args, gallery, analyzer(args))
+            if publisher is not None and any(i.id == args.identity for i in gallery.identities()):
+                publisher.publish_identity(gallery, args.identity)
+            return status
+        if command == "publish":
+            if publisher is None:
+                raise ConfigError(f"name the brokers with --publish HOST:PORT (or {BOOTSTRAP_ENV})")
+            for identity_id in args.identities or [i.id for i in gallery.identities()]:
+                publisher.publish_identity(gallery, identity_id)
+                _print({"published": identity_id, "topic": args.changelog_topic})
         if command == "list":
             for identity in gallery.identities():
                 _print(identity.to_json())
@@ -90,6 +114,8 @@ def run_gallery(args: argparse.Namespace, analyzer: AnalyzerFactory) -> int:
             _print(gallery.identity(args.identity).to_json())
         elif command == "remove":
             event = gallery.remove(args.identity)
+            if publisher is not None:
+                publisher.publish_erasure(args.identity)
             _print({"erased": event.identity_id, "templates_removed": event.templates_removed,
                     "event_id": event.event_id, "erased_utc": event.erased_utc})
         elif command == "search":

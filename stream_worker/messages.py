@@ -19,6 +19,8 @@ from typing import Any
 
 FRAME_SCHEMA = "facestream.frame/1"
 TRACK_SCHEMA = "facestream.track/1"
+RETRACTION_SCHEMA = "facestream.retraction/1"
+"""An erased identity: the event ids, on one stream, of messages that carried it."""
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
 

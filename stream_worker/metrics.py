@@ -39,6 +39,11 @@ class WorkerMetrics:
                                        registry=r, buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3))
         self.queue_depth = Gauge("facestream_queue_frames", "Frames waiting per stream", ["stream"], registry=r)
         self.streams = Gauge("facestream_streams", "Streams being processed", registry=r)
+        self.dead_letters = Counter("facestream_dead_letters", "Input messages sent to the dead-letter topic",
+                                    ["reason"], registry=r)
+        self.checkpoints = Counter("facestream_kafka_checkpoints", "Offsets committed with their pipeline state",
+                                   registry=r)
+        self.rebalances = Counter("facestream_kafka_rebalances", "Partitions revoked or lost", registry=r)
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))

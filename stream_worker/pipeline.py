@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -37,6 +38,7 @@ from engines.face_attributes import FaceAttributes, attribute_record, head_pose,
 from engines.mtcnn import MTCNNDetector
 from engines.multitask import MultiTaskNet
 from gallery.gallery import Gallery
+from stream_worker.checkpoint import STATE_FORMAT, pack_array, unpack_array
 from stream_worker.frames import Frame
 from stream_worker.messages import FrameResult, TrackEvent
 from stream_worker.track_state import IdentifyConfig, TrackState
@@ -103,6 +105,12 @@ class SceneCut:
         if previous is None:
             return True
         return bool(self.threshold > 0 and np.abs(self._previous - previous).mean() > self.threshold)
+
+    def to_state(self) -> dict[str, Any]:
+        return {"previous": pack_array(self._previous)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._previous = unpack_array(state["previous"])
 
 
 @dataclass
@@ -339,6 +347,47 @@ class FacePipeline:
             identity=track.identity, summary=track.summary(reference),
         )
         return event, jpeg
+
+    # --- checkpoints (Kafka: a partition's streams move between workers) ---------------------
+
+    def stream_checkpoint(self, stream_id: str, *, closed: bool = False) -> dict[str, Any] | None:
+        """A stream's whole state (``closed``: only what a fresh start after
+        :meth:`end_stream` must keep: the next track id and the last frame), or None for a
+        stream this pipeline has not seen."""
+        state = self.streams.get(stream_id)
+        if state is None:
+            return None
+        record: dict[str, Any] = {"format": STATE_FORMAT, "last_frame": state.last_frame,
+                                  "next_track_id": state.tracker.next_id, "closed": closed}
+        if not closed:
+            record |= {
+                "last_full_detection": state.last_full_detection, "tracker": state.tracker.to_state(),
+                "scene": state.scene.to_state(), "tracks": [t.to_state() for t in state.tracks.values()],
+            }
+        return record
+
+    def restore_stream(self, stream_id: str, record: dict[str, Any]) -> None:
+        """Continue a stream from :meth:`stream_checkpoint`'s output."""
+        if record.get("format") != STATE_FORMAT:
+            raise ValueError(f"stream {stream_id}: checkpoint format {record.get('format')!r}, expected {STATE_FORMAT}")
+        self.streams.pop(stream_id, None)
+        state = self._stream(stream_id)
+        state.last_frame = int(record["last_frame"])
+        if record["closed"]:
+            state.tracker.continue_ids_from(int(record["next_track_id"]))
+            return
+        state.last_full_detection = record["last_full_detection"]
+        state.tracker.restore(record["tracker"])
+        state.scene.restore(record["scene"])
+        for t in record["tracks"]:
+            track = TrackState.from_state(t, self.config.identify)
+            state.tracks[track.track_id] = track
+
+    def forget_identity(self, identity_id: str) -> None:
+        """An identity was erased: live tracks drop its votes and, if named after it, the name."""
+        for state in self.streams.values():
+            for track in state.tracks.values():
+                track.forget_identity(identity_id)
 
     def end_stream(self, stream_id: str) -> tuple[list[TrackEvent], dict[int, bytes]]:
         """End every live track of a stream (end of file, stream removed, partition revoked)

@@ -20,6 +20,7 @@ import numpy as np
 
 from engines.errors import ConfigError
 from gallery.gallery import Match
+from stream_worker.checkpoint import pack_array, pack_bytes, unpack_array, unpack_bytes
 from stream_worker.messages import IdentityRef
 
 
@@ -153,6 +154,53 @@ class TrackState:
     @property
     def male_probability(self) -> float:
         return self._male_weighted / self._weight if self._weight else 0.5
+
+    def forget_identity(self, identity_id: str) -> bool:
+        """Drop an erased identity's votes (and the name, if it was this one); True if the
+        track was named after it."""
+        self._votes.pop(identity_id, None)
+        if self.identity is None or self.identity.identity_id != identity_id:
+            return False
+        self.identity = None
+        self.searched_quality = -1.0  # search again: the next decision may name someone else
+        return True
+
+    def to_state(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "stream_id": self.stream_id, "track_id": self.track_id, "first_frame": self.first_frame,
+            "first_pts_ms": self.first_pts_ms, "last_frame": self.last_frame, "last_pts_ms": self.last_pts_ms,
+            "frames": self.frames, "last_analysed_frame": self.last_analysed_frame, "sharpness": self.sharpness,
+            "searched_quality": self.searched_quality,
+            "identity": None if self.identity is None else [self.identity.identity_id, self.identity.name,
+                                                            self.identity.score, self.identity.decision],
+            "best": None if best is None else {
+                "frame_index": best.frame_index, "box": list(best.box), "quality": best.quality,
+                "embedding": pack_array(best.embedding), "jpeg": pack_bytes(best.jpeg),
+            },
+            "votes": {k: [v.name, v.weight, v.searches, v.best_score] for k, v in self._votes.items()},
+            "ages": [list(a) for a in self._ages], "male_weighted": self._male_weighted, "weight": self._weight,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], config: IdentifyConfig) -> TrackState:
+        track = cls(state["stream_id"], int(state["track_id"]), int(state["first_frame"]), state["first_pts_ms"], config,
+                    last_frame=int(state["last_frame"]), last_pts_ms=state["last_pts_ms"], frames=int(state["frames"]),
+                    last_analysed_frame=int(state["last_analysed_frame"]), sharpness=float(state["sharpness"]),
+                    searched_quality=float(state["searched_quality"]))
+        if state["identity"] is not None:
+            identity_id, name, score, decision = state["identity"]
+            track.identity = IdentityRef(identity_id, name, float(score), decision)
+        best = state["best"]
+        if best is not None:
+            embedding = unpack_array(best["embedding"])
+            assert embedding is not None
+            track.best = BestShot(int(best["frame_index"]), tuple(best["box"]), float(best["quality"]),  # type: ignore[arg-type]
+                                  embedding, unpack_bytes(best["jpeg"]))
+        track._votes = {k: _Vote(v[0], float(v[1]), int(v[2]), float(v[3])) for k, v in state["votes"].items()}
+        track._ages = deque((float(a), float(w)) for a, w in state["ages"])
+        track._male_weighted, track._weight = float(state["male_weighted"]), float(state["weight"])
+        return track
 
     def summary(self, thumbnail: str | None) -> dict[str, Any]:
         if self.best is None:

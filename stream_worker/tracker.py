@@ -12,12 +12,14 @@ where it was predicted. Tracks are confirmed after ``min_hits`` matches and surv
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from engines.detections import iou_matrix
 from engines.errors import ConfigError
+from stream_worker.checkpoint import pack_array, unpack_array
 
 # dlib embeddings: same person ~0.97 cosine, different people ~0.83 (pairs.csv).
 _SAME_COSINE = 0.96
@@ -202,6 +204,37 @@ class FaceTracker:
                     track_ids[di] = track.track_id
                 self._tracks.append(track)
         return TrackUpdate(track_ids, started, ended)
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything the tracker knows, as JSON-able data (see :mod:`stream_worker.checkpoint`)."""
+        return {
+            "next_key": self._next_key, "next_id": self._next_id, "frame": self._frame,
+            "tracks": [
+                {"key": t.key, "x": pack_array(t.kalman.x), "P": pack_array(t.kalman.P),
+                 "embedding": pack_array(t.embedding), "last_frame": t.last_frame, "hits": t.hits,
+                 "missed": t.missed, "track_id": t.track_id}
+                for t in self._tracks
+            ],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`to_state`'s output."""
+        self._next_key, self._next_id, self._frame = int(state["next_key"]), int(state["next_id"]), int(state["frame"])
+        self._tracks = []
+        for t in state["tracks"]:
+            kalman = _Kalman.__new__(_Kalman)
+            kalman.x, kalman.P = unpack_array(t["x"]), unpack_array(t["P"])
+            self._tracks.append(_Track(int(t["key"]), kalman, unpack_array(t["embedding"]), int(t["last_frame"]),
+                                       int(t["hits"]), int(t["missed"]), t["track_id"]))
+
+    def continue_ids_from(self, next_id: int) -> None:
+        """Start fresh, but never reuse a track id already given out on this stream."""
+        self.reset()
+        self._next_id = next_id
+
+    @property
+    def next_id(self) -> int:
+        return self._next_id
 
     def _associate(self, boxes: np.ndarray, embeddings: np.ndarray | None) -> list[tuple[int, int]]:
         cfg = self.config

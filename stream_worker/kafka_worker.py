@@ -1,0 +1,532 @@
+"""The Kafka worker: frames topic in, result topics out, at least once.
+
+One consumer in the worker group reads the frames topic (keyed by stream id, so a camera
+lives on one partition and one worker at a time); each poll's messages are decoded per
+stream (:mod:`stream_worker.kafka_decode`), run through the pipeline with frames of
+different streams batched together, and published (``acks=all``) to the result topics.
+
+Delivery and state:
+
+- Checkpoints: every ``checkpoint_interval_ms`` (and when partitions are revoked) the
+  worker waits until the broker has acknowledged every result so far, commits the input
+  offsets, and then writes each partition's pipeline state (tracker, tracks, schedules:
+  :meth:`FacePipeline.stream_checkpoint`) with that offset to the compacted state topic.
+  A worker that is given the partition (after a crash, or a rebalance) restores that state
+  and resumes at that offset, so the replayed frames produce the same messages with the
+  same event ids, and de-duplicating by event id gives what one uninterrupted run gives.
+  Should the commit fail (the group moved on), the state is not written.
+- Malformed messages go to the dead-letter topic with the original key, value and headers
+  and a reason; their offsets are committed like any other.
+- Rebalance: on revoke the worker ends the partition's tracks (``track_ended`` events),
+  flushes, commits and checkpoints a closed state (so track ids are never reused); on
+  assign it restores the partition's checkpoint.
+- Broker outages: the producer retries until ``delivery_timeout_ms``; results that still
+  fail make the worker rewind every partition to its last checkpoint.
+- Gallery changelog (:mod:`stream_worker.gallery_changelog`): replayed before the first
+  frame and followed between polls. An erasure makes live tracks forget the identity and
+  publishes, per stream, a retraction naming the event ids this worker published with it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gallery.gallery import Gallery
+from gallery.store import utc_now
+from stream_worker.frames import Frame
+from stream_worker.gallery_changelog import GalleryFollower
+from stream_worker.kafka_client import KafkaConfig, ensure_topics, make_consumer, make_producer
+from stream_worker.kafka_decode import StreamDecoder
+from stream_worker.kafka_wire import (
+    JSON_TYPE,
+    MalformedMessageError,
+    dead_letter_headers,
+    encode_json,
+    parse_frame_message,
+    result_headers,
+)
+from stream_worker.messages import RETRACTION_SCHEMA
+from stream_worker.metrics import WorkerMetrics
+from stream_worker.pipeline import FacePipeline, FrameOutput
+from stream_worker.sinks import Sink
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "facestream.partition-checkpoint/1"
+MAX_LEDGER_IDS = 100_000
+"""Event ids remembered per identity and stream for retractions (oldest forgotten first)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaWorkerOptions:
+    checkpoint_interval_ms: int = 1_000
+    max_pixels: int = 40_000_000
+    """Decoded frames above this many pixels are dead letters."""
+    idle_exit_ms: int = 0
+    """Stop after this long without input (batch jobs, tests); 0: run until stopped."""
+
+
+@dataclass
+class _Pending:
+    frame: Frame
+    record: Any
+
+
+@dataclass
+class KafkaWorkerStats:
+    records: int = 0
+    frames: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    checkpoints: int = 0
+    rebalances: int = 0
+    rewinds: int = 0
+    retractions: int = 0
+    reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"records": self.records, "frames": self.frames, "dead_letters": self.dead_letters,
+                "duplicates": self.duplicates, "checkpoints": self.checkpoints, "rebalances": self.rebalances,
+                "rewinds": self.rewinds, "retractions": self.retractions}
+
+
+def _reason_kind(reason: str) -> str:
+    """A low-cardinality label for metrics."""
+    for kind in ("header", "oversized", "payload", "key", "content-type", "partition", "pipeline"):
+        if kind in reason:
+            return kind
+    return "decode"
+
+
+def _listener(worker: KafkaWorker) -> Any:
+    """A kafka-python rebalance listener calling the worker (built on first use: kafka is
+    imported lazily)."""
+    from kafka import ConsumerRebalanceListener
+
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            worker.revoke(list(revoked), in_listener=True)
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            worker.assign(list(assigned))
+
+        def on_partitions_lost(self, lost: Any) -> None:  # the group moved on without this worker
+            worker.revoke(list(lost), lost=True)
+
+    return Listener()
+
+
+def _log_commit_failure(offsets: Any, response: Any) -> None:
+    if isinstance(response, Exception):
+        log.warning("commit of %s failed: %s", {tp.partition: o.offset for tp, o in offsets.items()}, response)
+
+
+class CheckpointReader:
+    """The latest checkpoint per partition, read from the compacted state topic."""
+
+    def __init__(self, config: KafkaConfig) -> None:
+        from kafka import TopicPartition
+
+        self.consumer = make_consumer(config, group=False)
+        partitions = self.consumer.partitions_for_topic(config.state_topic) or {0}
+        self.partitions = [TopicPartition(config.state_topic, p) for p in sorted(partitions)]
+        self.consumer.assign(self.partitions)
+        self.consumer.seek_to_beginning(*self.partitions)
+        self.latest: dict[str, dict[str, Any]] = {}
+
+    def refresh(self, timeout_s: float = 30.0) -> None:
+        end = self.consumer.end_offsets(self.partitions)
+        deadline = time.monotonic() + timeout_s
+        while any(self.consumer.position(tp) < end[tp] for tp in self.partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"state topic: not read to its end after {timeout_s} s")
+            for records in self.consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    key = record.key.decode() if record.key else ""
+                    if record.value is None:
+                        self.latest.pop(key, None)
+                        continue
+                    try:
+                        value = json.loads(record.value)
+                    except ValueError:
+                        log.error("state topic offset %d: not JSON; ignored", record.offset)
+                        continue
+                    if value.get("format") == CHECKPOINT_FORMAT:
+                        self.latest[key] = value
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class KafkaWorker:
+    def __init__(
+        self,
+        pipeline: FacePipeline,
+        config: KafkaConfig,
+        options: KafkaWorkerOptions | None = None,
+        *,
+        gallery: Gallery | None = None,
+        metrics: WorkerMetrics | None = None,
+        sinks: Sequence[Sink] = (),
+    ) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.options = options or KafkaWorkerOptions()
+        self.gallery = gallery
+        self.metrics = metrics
+        self.sinks = list(sinks)
+        self.stats = KafkaWorkerStats()
+        self.worker_id = config.client_name
+        self.owned: set[Any] = set()
+        self.partition_streams: dict[Any, set[str]] = collections.defaultdict(set)
+        self.positions: dict[Any, int] = {}
+        """Next offset to commit, per owned partition (every record before it is done)."""
+        self.decoders: dict[str, StreamDecoder] = {}
+        self.ledger: dict[str, dict[str, collections.deque[str]]] = {}
+        """identity id -> stream -> event ids published carrying it (for retractions)."""
+        self._futures: list[Any] = []
+        self._dirty: set[Any] = set()
+        """Partitions with input consumed since their last checkpoint."""
+        self._last_checkpoint = time.monotonic()
+        self.producer: Any = None
+        self.consumer: Any = None
+        self.checkpoints: CheckpointReader | None = None
+        self.follower: GalleryFollower | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        if cfg.create_topics:
+            ensure_topics(cfg)
+        self.producer = make_producer(cfg)
+        self.checkpoints = CheckpointReader(cfg)
+        if cfg.gallery_topic and self.gallery is not None:
+            self.follower = GalleryFollower(cfg, self.gallery, self.retract)
+            applied = self.follower.catch_up()
+            log.info("gallery changelog replayed: %d records", applied)
+        self.consumer = make_consumer(cfg, group=True)
+        self.consumer.subscribe([cfg.frames_topic], listener=_listener(self))
+        log.info("worker %s joined group %s on %s (%s)", self.worker_id, cfg.group_id, cfg.frames_topic,
+                 cfg.bootstrap_servers)
+
+    def run(self, stop: threading.Event | None = None) -> KafkaWorkerStats:
+        stop = stop or threading.Event()
+        self.start()
+        idle_since = time.monotonic()
+        try:
+            while not stop.is_set():
+                if self.follower is not None:
+                    self.follower.poll()
+                batch = self.consumer.poll(timeout_ms=200, max_records=self.config.max_poll_records)
+                if batch:
+                    idle_since = time.monotonic()
+                    self._handle(batch)
+                elif self.options.idle_exit_ms and time.monotonic() - idle_since > self.options.idle_exit_ms / 1000:
+                    log.info("no input for %d ms: stopping", self.options.idle_exit_ms)
+                    break
+                due = time.monotonic() - self._last_checkpoint >= self.options.checkpoint_interval_ms / 1000
+                if due and self._dirty:
+                    self.checkpoint(sorted(self._dirty & self.owned))
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        """Leave cleanly: end the tracks, publish, commit, checkpoint, leave the group."""
+        if self.consumer is not None:
+            try:
+                self.revoke(list(self.owned))
+            finally:
+                self.consumer.close()
+                self.consumer = None
+        for sink in self.sinks:
+            sink.close()
+        for part in (self.checkpoints, self.follower):
+            if part is not None:
+                part.close()
+        if self.producer is not None:
+            self.producer.flush()
+            self.producer.close()
+            self.producer = None
+
+    # --- input ------------------------------------------------------------------------------
+
+    def _handle(self, batch: dict[Any, list[Any]]) -> None:
+        pending: dict[str, collections.deque[_Pending]] = collections.defaultdict(collections.deque)
+        for tp, records in batch.items():
+            if tp not in self.owned:
+                continue
+            for record in records:
+                self.stats.records += 1
+                self._ingest(tp, record, pending)
+                self.positions[tp] = record.offset + 1
+                self._dirty.add(tp)
+        self._process(pending)
+
+    def _ingest(self, tp: Any, record: Any, pending: dict[str, collections.deque[_Pending]]) -> None:
+        try:
+            size = len(record.value) if record.value is not None else 0
+            if size > self.config.max_message_bytes:
+                raise MalformedMessageError(f"oversized message: {size} bytes > max_message_bytes "
+                                            f"{self.config.max_message_bytes}")
+            message = parse_frame_message(record.key, record.headers)
+            if record.value is None:
+                raise MalformedMessageError("no payload")
+            for other, streams in self.partition_streams.items():
+                if other != tp and message.stream_id in streams:
+                    raise MalformedMessageError(f"stream {message.stream_id} belongs to partition {other.partition}, "
+                                                f"not {tp.partition} (partition count changed?)")
+            self.partition_streams[tp].add(message.stream_id)
+            decoder = self.decoders.get(message.stream_id)
+            if decoder is None:
+                decoder = self.decoders[message.stream_id] = StreamDecoder(message.stream_id,
+                                                                           max_pixels=self.options.max_pixels)
+            frames = decoder.decode(message, record.value)
+        except MalformedMessageError as exc:
+            self._dead_letter(record, str(exc))
+            return
+        state = self.pipeline.streams.get(message.stream_id)
+        queue = pending[message.stream_id]
+        last = queue[-1].frame.index if queue else state.last_frame if state is not None else -1
+        for frame in frames:
+            if frame.index <= last:
+                self.stats.duplicates += 1  # a producer retry or an overlapping replay
+                continue
+            queue.append(_Pending(frame, record))
+            last = frame.index
+
+    def _dead_letter(self, record: Any, reason: str) -> None:
+        cfg = self.config
+        value = record.value or b""
+        headers = dead_letter_headers(record.headers, reason, record.topic, record.partition, record.offset,
+                                      self.worker_id)
+        limit = cfg.max_message_bytes
+        if len(value) > limit:  # keep what fits; say so
+            headers.append(("fs-dlq-original-bytes", str(len(value)).encode()))
+            value = value[:limit]
+        self._send(cfg.dead_letter_topic, record.key, value, headers)
+        self.stats.dead_letters += 1
+        kind = _reason_kind(reason)
+        self.stats.reasons[kind] += 1
+        if self.metrics is not None:
+            self.metrics.dead_letters.labels(kind).inc()
+        log.warning("dead letter: %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+
+    # --- pipeline and output --------------------------------------------------------------------
+
+    def _process(self, pending: dict[str, collections.deque[_Pending]]) -> None:
+        while any(pending.values()):
+            batch = [queue.popleft() for queue in pending.values() if queue]
+            try:
+                outputs = self.pipeline.process([p.frame for p in batch])
+            except Exception:
+                if len(batch) == 1:
+                    log.exception("pipeline failed on %s frame %d", batch[0].frame.stream_id, batch[0].frame.index)
+                    self._dead_letter(batch[0].record, "pipeline error (see the worker log)")
+                    continue
+                for item in reversed(batch):  # retry one at a time to isolate the bad frame
+                    pending[item.frame.stream_id].appendleft(item)
+                self._process_singly(pending)
+                continue
+            for output in outputs:
+                self._emit(output)
+
+    def _process_singly(self, pending: dict[str, collections.deque[_Pending]]) -> None:
+        for queue in pending.values():
+            if queue:
+                item = queue.popleft()
+                self._process({item.frame.stream_id: collections.deque([item])})
+
+    def _send(self, topic: str, key: bytes | str | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        if isinstance(key, str):
+            key = key.encode()
+        self._futures.append(self.producer.send(topic, key=key, value=value, headers=headers))
+
+    def _publish(self, topic: str, message: dict[str, Any]) -> None:
+        self._send(topic, message["stream_id"], encode_json(message), result_headers(message))
+
+    def _remember(self, identity_id: str, stream_id: str, event_id: str) -> None:
+        ids = self.ledger.setdefault(identity_id, {}).setdefault(stream_id, collections.deque(maxlen=MAX_LEDGER_IDS))
+        if not ids or ids[-1] != event_id:
+            ids.append(event_id)
+
+    def _emit(self, output: FrameOutput) -> None:
+        cfg = self.config
+        result = output.result.to_json()
+        stream = output.frame.stream_id
+        self._publish(cfg.detections_topic, result)
+        for face in result["faces"]:
+            if face["identity"] is not None:
+                self._remember(face["identity"]["id"], stream, result["event_id"])
+        self._publish_events(output.events)
+        for sink in self.sinks:
+            sink.write(output)
+        self.stats.frames += 1
+        if self.metrics is not None:
+            self.metrics.frames_processed.labels(stream).inc()
+            self.metrics.faces.labels(stream).inc(len(output.result.faces))
+            self.metrics.tracks.labels(stream).inc(sum(e.type == "track_started" for e in output.events))
+            self.metrics.identifications.labels(stream).inc(sum(e.type == "track_identified" for e in output.events))
+
+    def _publish_events(self, events: Sequence[Any]) -> None:
+        for event in events:
+            message = event.to_json()
+            self._publish(self.config.tracks_topic, message)
+            if event.identity is not None:
+                self._remember(event.identity.identity_id, event.stream_id, message["event_id"])
+            if event.type == "track_identified" and event.identity is not None:
+                self._publish(self.config.alerts_topic, message)
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def _flush(self) -> bool:
+        """Wait for every result sent so far; False if any could not be delivered."""
+        self.producer.flush(timeout=self.config.delivery_timeout_ms / 1000)
+        failed = [f for f in self._futures if f.failed()]
+        unfinished = [f for f in self._futures if not f.is_done]
+        self._futures = []
+        if failed or unfinished:
+            reason = failed[0].exception if failed else "delivery timed out"
+            log.error("%d results were not delivered (%s)", len(failed) + len(unfinished), reason)
+            return False
+        return True
+
+    def _checkpoint_key(self, tp: Any) -> str:
+        return f"{self.config.group_id}/{tp.topic}/{tp.partition}"
+
+    def checkpoint(self, partitions: Sequence[Any], *, states: dict[str, Any] | None = None,
+                   in_listener: bool = False) -> bool:
+        """Flush, commit and write the state of ``partitions`` (their streams' current
+        state, or ``states`` where given); True when all three happened.
+
+        ``in_listener``: called from the rebalance listener, which runs on the consumer's
+        network thread where kafka-python cannot block on the consumer: the commit is sent
+        asynchronously (ahead of the group's re-join on the same connection) and the state
+        is written without waiting for it; the group still holds this generation then."""
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        self._last_checkpoint = time.monotonic()
+        if not self._flush():
+            self.rewind()
+            return False
+        offsets = {tp: OffsetAndMetadata(self.positions[tp], "", -1) for tp in partitions if tp in self.positions}
+        if not offsets:
+            return True
+        try:
+            if in_listener:
+                self.consumer.commit_async(offsets, callback=_log_commit_failure)
+            else:
+                self.consumer.commit(offsets)
+        except KafkaError as exc:  # the group moved on: the new owner resumes from the previous checkpoint
+            log.warning("commit failed (%s); not checkpointing %s", exc, sorted(tp.partition for tp in offsets))
+            return False
+        for tp, offset in offsets.items():
+            state = {
+                "format": CHECKPOINT_FORMAT, "topic": tp.topic, "partition": tp.partition, "offset": offset.offset,
+                "worker": self.worker_id, "written_utc": utc_now(),
+                "streams": {sid: states[sid] if states is not None and sid in states
+                            else self.pipeline.stream_checkpoint(sid)
+                            for sid in sorted(self.partition_streams.get(tp, ()))},
+            }
+            self._send(self.config.state_topic, self._checkpoint_key(tp), json.dumps(state).encode(),
+                       [("content-type", JSON_TYPE.encode())])
+        if not self._flush():
+            log.warning("checkpoint state not written; the next owner replays from the previous one")
+            return False
+        self._dirty -= set(offsets)
+        self.stats.checkpoints += 1
+        if self.metrics is not None:
+            self.metrics.checkpoints.inc()
+        return True
+
+    def rewind(self) -> None:
+        """Go back to every owned partition's last checkpoint (results could not be delivered)."""
+        self.stats.rewinds += 1
+        log.warning("rewinding partitions %s to their last checkpoints", sorted(tp.partition for tp in self.owned))
+        owned = list(self.owned)
+        for tp in owned:
+            for sid in self.partition_streams.pop(tp, set()):
+                self.pipeline.end_stream(sid)  # discard: the checkpoint restores it
+                self.decoders.pop(sid, None)
+        self.assign(owned, rewinding=True)
+
+    # --- rebalance --------------------------------------------------------------------------------
+
+    def revoke(self, partitions: list[Any], *, lost: bool = False, in_listener: bool = False) -> None:
+        partitions = [tp for tp in partitions if tp in self.owned]
+        if not partitions:
+            return
+        self.stats.rebalances += 1
+        if self.metrics is not None:
+            self.metrics.rebalances.inc()
+        closed: dict[str, Any] = {}
+        for tp in partitions:
+            for sid in sorted(self.partition_streams.get(tp, ())):
+                closed[sid] = self.pipeline.stream_checkpoint(sid, closed=True)
+                if lost:
+                    self.pipeline.end_stream(sid)  # someone else owns it now: publish nothing
+                    continue
+                events, thumbnails = self.pipeline.end_stream(sid)
+                self._publish_events(events)
+                for sink in self.sinks:
+                    sink.write_events(sid, events, thumbnails)
+        if not lost:
+            self.checkpoint(partitions, states=closed, in_listener=in_listener)
+        for tp in partitions:
+            for sid in self.partition_streams.pop(tp, set()):
+                self.decoders.pop(sid, None)
+                self.pipeline.streams.pop(sid, None)
+            self.positions.pop(tp, None)
+            self.owned.discard(tp)
+            self._dirty.discard(tp)
+        log.info("partitions %s %s", sorted(tp.partition for tp in partitions), "lost" if lost else "revoked")
+
+    def assign(self, partitions: list[Any], *, rewinding: bool = False) -> None:
+        assert self.checkpoints is not None
+        self.checkpoints.refresh()
+        for tp in partitions:
+            self.owned.add(tp)
+            saved = self.checkpoints.latest.get(self._checkpoint_key(tp))
+            if saved is None:
+                if rewinding:  # (in the listener the consumer resumes at the committed offset by itself)
+                    committed = self.consumer.committed(tp)
+                    if committed is None:
+                        self.consumer.seek_to_beginning(tp)
+                    else:
+                        self.consumer.seek(tp, committed)
+                log.info("partition %d: no checkpoint; starting at the committed offset", tp.partition)
+                continue
+            for sid, state in saved["streams"].items():
+                if state is not None:
+                    self.pipeline.restore_stream(sid, state)
+                    self.partition_streams[tp].add(sid)
+            self.positions[tp] = int(saved["offset"])
+            self.consumer.seek(tp, int(saved["offset"]))
+            log.info("partition %d: resumed at offset %d with %d streams (checkpoint by %s)", tp.partition,
+                     saved["offset"], len(saved["streams"]), saved["worker"])
+
+    # --- gallery erasure --------------------------------------------------------------------------
+
+    def retract(self, identity_id: str) -> None:
+        """An identity was erased: forget it in live tracks; retract what named it."""
+        self.pipeline.forget_identity(identity_id)
+        streams = self.ledger.pop(identity_id, {})
+        for stream_id, event_ids in sorted(streams.items()):
+            message = {
+                "schema": RETRACTION_SCHEMA, "event_id": f"{stream_id}:retraction:{identity_id}:{self.worker_id}",
+                "type": "identity_erased", "stream_id": stream_id, "identity_id": identity_id,
+                "retracted_event_ids": list(event_ids), "retracted_utc": utc_now(),
+            }
+            for topic in (self.config.detections_topic, self.config.tracks_topic, self.config.alerts_topic):
+                self._publish(topic, message)
+            self.stats.retractions += 1
+        log.info("identity %s erased: retracted events on %d streams", identity_id, len(streams))
