@@ -26,7 +26,12 @@ from engines.runtime import EngineRuntime
 from gallery.gallery import Gallery
 from stream_worker.config import as_dict, load_config
 from stream_worker.gallery_cli import BOOTSTRAP_ENV
-from stream_worker.kafka_client import KafkaConfig, ensure_topics, make_consumer, make_producer
+from stream_worker.kafka_client import (
+    KafkaConfig,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 from stream_worker.kafka_produce import FORMATS, publish_frames
 from stream_worker.kafka_wire import SCHEMA, header_dict
 from stream_worker.kafka_worker import KafkaWorker, KafkaWorkerOptions
@@ -103,8 +108,10 @@ def _stop_on_signals() -> threading.Event:
 
 def run_consume(args: argparse.Namespace, overrides: Mapping[str, Any], store: ModelStore) -> int:
     overrides = dict(overrides)
+    import os
+
     kafka: dict[str, Any] = {}
-    if args.bootstrap or not args.print_config:
+    if args.bootstrap or os.environ.get(BOOTSTRAP_ENV):  # else: the file, FACESTREAM__KAFKA__..., the default
         kafka["bootstrap_servers"] = _bootstrap(args)
     if args.topic:
         kafka["frames_topic"] = args.topic

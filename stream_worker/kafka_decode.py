@@ -45,6 +45,9 @@ class StreamDecoder:
         if not payload:
             raise MalformedMessageError("empty payload")
         if not message.is_video:
+            if message.content_type == "image/jpeg" and not payload.rstrip(b"\x00\r\n").endswith(b"\xff\xd9"):
+                # libjpeg decodes a truncated JPEG into a grey-padded image without an error
+                raise MalformedMessageError("truncated JPEG (no end-of-image marker)")
             try:
                 image = decode_image(payload, name=f"{self.stream_id} frame {message.frame_index}",
                                      max_pixels=self.max_pixels)

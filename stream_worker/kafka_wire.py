@@ -26,6 +26,7 @@ Dead letters keep the original key, value and headers and add ``fs-dlq-reason``,
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -104,7 +105,7 @@ def _number(headers: dict[str, str], name: str, kind: type, *, required: bool) -
         value = kind(raw)
     except ValueError:
         raise MalformedMessageError(f"header {name} is not a{'n integer' if kind is int else ' number'}: {raw[:40]!r}") from None
-    if value < 0 or value != value:  # negative or NaN
+    if value < 0 or math.isnan(value):
         raise MalformedMessageError(f"header {name} must be >= 0, got {raw[:40]!r}")
     return value
 

@@ -42,7 +42,12 @@ from gallery.gallery import Gallery
 from gallery.store import utc_now
 from stream_worker.frames import Frame
 from stream_worker.gallery_changelog import GalleryFollower
-from stream_worker.kafka_client import KafkaConfig, ensure_topics, make_consumer, make_producer
+from stream_worker.kafka_client import (
+    KafkaConfig,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 from stream_worker.kafka_decode import StreamDecoder
 from stream_worker.kafka_wire import (
     JSON_TYPE,
@@ -70,7 +75,8 @@ class KafkaWorkerOptions:
     max_pixels: int = 40_000_000
     """Decoded frames above this many pixels are dead letters."""
     idle_exit_ms: int = 0
-    """Stop after this long without input (batch jobs, tests); 0: run until stopped."""
+    """Stop after this long without input while owning partitions (batch jobs, tests); 0: run
+    until stopped."""
 
 
 @dataclass
@@ -226,8 +232,9 @@ class KafkaWorker:
                 if self.follower is not None:
                     self.follower.poll()
                 batch = self.consumer.poll(timeout_ms=200, max_records=self.config.max_poll_records)
-                if batch:
+                if batch or not self.owned:  # idle time counts once the group has given us partitions
                     idle_since = time.monotonic()
+                if batch:
                     self._handle(batch)
                 elif self.options.idle_exit_ms and time.monotonic() - idle_since > self.options.idle_exit_ms / 1000:
                     log.info("no input for %d ms: stopping", self.options.idle_exit_ms)

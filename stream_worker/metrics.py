@@ -14,7 +14,13 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
@@ -53,7 +59,7 @@ def serve(metrics: WorkerMetrics, health: Callable[[], dict[str, Any]], host: st
     """Start /metrics and /health on ``host:port`` in a daemon thread; returns the server."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             if self.path == "/metrics":
                 body, kind, code = metrics.exposition(), CONTENT_TYPE_LATEST, 200
             elif self.path == "/health":
@@ -68,7 +74,7 @@ def serve(metrics: WorkerMetrics, health: Callable[[], dict[str, Any]], host: st
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: Any) -> None:
             log.debug("metrics http: " + format, *args)
 
     server = ThreadingHTTPServer((host, port), Handler)

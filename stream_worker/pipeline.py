@@ -34,7 +34,12 @@ import numpy as np
 
 from engines.detections import FaceDetections
 from engines.errors import ConfigError
-from engines.face_attributes import FaceAttributes, attribute_record, head_pose, quality_score
+from engines.face_attributes import (
+    FaceAttributes,
+    attribute_record,
+    head_pose,
+    quality_score,
+)
 from engines.mtcnn import MTCNNDetector
 from engines.multitask import MultiTaskNet
 from gallery.gallery import Gallery

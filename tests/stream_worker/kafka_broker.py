@@ -75,3 +75,27 @@ class TansuBroker:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+def read_topic(bootstrap: str, topic: str, *, timeout_s: float = 10.0) -> list:  # type: ignore[type-arg]
+    """Every record of a topic, up to its end offsets now (kafka-python ConsumerRecords)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: not read to its end in {timeout_s} s")
+            for batch in consumer.poll(timeout_ms=200).values():
+                records += batch
+        return records
+    finally:
+        consumer.close()

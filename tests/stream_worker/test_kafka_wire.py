@@ -78,8 +78,8 @@ def test_jpeg_frames_decode_and_bad_images_are_malformed(clip_frames: list[Frame
     assert frame.index == 3 and frame.pts_ms == 100.0 and frame.image.shape == (360, 640, 3)
     assert frame.received.timestamp() == pytest.approx(1_764_000_000.123)
     assert np.abs(frame.image.astype(int) - clip_frames[3].image).mean() < 3
-    for payload, reason in ((b"", "empty payload"), (b"\xff\xd8garbage" * 10, "not a decodable image"),
-                            (jpeg[:60], "not a decodable image")):
+    for payload, reason in ((b"", "empty payload"), (b"\xff\xd8garbage\xff\xd9" * 10, "not a decodable image"),
+                            (jpeg[:60], "truncated JPEG"), (jpeg[: len(jpeg) // 2], "truncated JPEG")):
         with pytest.raises(MalformedMessageError, match=reason):
             decoder.decode(FrameMessage("cam", "image/jpeg", 4, 0), payload)
     with pytest.raises(MalformedMessageError, match="exceeds the decode limit"):

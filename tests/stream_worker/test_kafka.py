@@ -1,0 +1,462 @@
+"""Kafka in and out, against a real broker (Tansu, Kafka protocol): end to end, a killed
+worker, a frozen broker, malformed input, two workers in a group, the gallery changelog."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+
+from gallery.enrol import EnrolPolicy, PhotoEnroller
+from gallery.gallery import Gallery
+from stream_worker.analyze import FaceAnalyzer
+from stream_worker.frames import Frame
+from stream_worker.gallery_changelog import GalleryPublisher
+from stream_worker.kafka_client import KafkaConfig, ensure_topics, make_producer
+from stream_worker.kafka_produce import publish_frames
+from stream_worker.kafka_wire import FrameMessage, header_dict
+from stream_worker.kafka_worker import KafkaWorker, KafkaWorkerOptions
+from stream_worker.messages import schema_for
+from stream_worker.pipeline import FacePipeline
+from stream_worker.sources import open_source
+from tests.stream_worker.kafka_broker import TansuBroker, free_port, read_topic
+
+EXAMPLES = "face_recognition/examples"
+CLIP = f"{EXAMPLES}/short_hamilton_clip.mp4"
+LIN = "Lin-Manuel Miranda"
+FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 10000}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    with TansuBroker(tmp_path_factory.mktemp("tansu") / "broker.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def clip_frames(faces_dir: Path) -> list[Frame]:
+    return list(open_source("hamilton", str(faces_dir / CLIP)).frames(threading.Event()))
+
+
+@pytest.fixture(scope="module")
+def master_gallery(tmp_path_factory: pytest.TempPathFactory, detector, multitask, faces_dir: Path) -> Gallery:  # type: ignore[no-untyped-def]
+    """The operator's gallery: Lin and Alex enrolled from their photos."""
+    gallery = Gallery(tmp_path_factory.mktemp("master") / "people.db")
+    enroller = PhotoEnroller(gallery, FaceAnalyzer(detector, multitask), EnrolPolicy(min_quality=0.0))
+    for identity, name, photo in (("lin", LIN, "lin-manuel-miranda.png"), ("alex", "Alex Lacamoire", "alex-lacamoire.png")):
+        path = faces_dir / EXAMPLES / photo
+        assert enroller.enrol(identity, [(photo, path.read_bytes())], name=name)[0].status == "enrolled"
+    return gallery
+
+
+def kafka_config(broker: TansuBroker, name: str, **extra: Any) -> KafkaConfig:
+    """Topics and group of one test, so tests sharing the broker do not see each other."""
+    topics = {f"{kind}_topic": f"{name}.{kind}" for kind in
+              ("frames", "detections", "tracks", "alerts", "dead_letter", "gallery", "state")}
+    return KafkaConfig(bootstrap_servers=broker.bootstrap, group_id=f"{name}-group", **{**topics, **FAST_GROUP, **extra})
+
+
+def env_for(config: KafkaConfig) -> dict[str, str]:
+    values = {k: v for k, v in vars(config).items() if not isinstance(v, bool)}
+    return {f"FACESTREAM__KAFKA__{k.upper()}": str(v) if v != "" else "''" for k, v in values.items()}
+
+
+def publish(config: KafkaConfig, frames: list[Frame], fmt: str = "jpeg", **options: Any) -> None:
+    producer = make_producer(config)
+    try:
+        publish_frames(producer, config.frames_topic, frames, fmt=fmt, fps=29.97, **options)
+    finally:
+        producer.close()
+
+
+def messages(broker: TansuBroker, topic: str) -> list[dict[str, Any]]:
+    return [json.loads(r.value) for r in read_topic(broker.bootstrap, topic)]
+
+
+def run_in_process(config: KafkaConfig, detector, multitask, gallery: Gallery | None, **options: Any) -> Any:  # type: ignore[no-untyped-def]
+    pipeline = FacePipeline(detector, multitask, gallery)
+    worker = KafkaWorker(pipeline, config, KafkaWorkerOptions(idle_exit_ms=4000, **options), gallery=gallery)
+    return worker.run()
+
+
+class WorkerProcess:
+    """``facestream consume`` in its own process (so it can be killed)."""
+
+    def __init__(self, config: KafkaConfig, home: Path, log: Path, *, gallery: Path | None = None,
+                 idle_exit_ms: int = 0, metrics_port: int = 0) -> None:
+        args = [sys.executable, "-m", "stream_worker.cli", "-v", "consume", "--idle-exit-ms", str(idle_exit_ms)]
+        if gallery is not None:
+            args += ["--gallery", str(gallery)]
+        if metrics_port:
+            args += ["--metrics-port", str(metrics_port)]
+        env = {**os.environ, **env_for(config), "FACESTREAM_HOME": str(home), "FACESTREAM_AUTO_FETCH": "0",
+               "FACESTREAM_DEVICE": "cpu"}
+        self.log = log
+        self.metrics_port = metrics_port
+        self.process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/health", timeout=2) as response:
+            return dict(json.loads(response.read()))
+
+    def wait(self, timeout_s: float = 120) -> int:
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"the worker did not finish in {timeout_s} s; log:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, worker: WorkerProcess | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        log = f"; worker log:\n{worker.log.read_text()[-3000:]}" if worker is not None else ""
+        if worker is not None and worker.process.poll() is not None:
+            raise AssertionError(f"the worker exited ({worker.process.returncode}) while waiting for {what}{log}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{log}")
+        time.sleep(0.5)
+
+
+def frame_ids(broker: TansuBroker, topic: str) -> collections.Counter[str]:
+    return collections.Counter(m["event_id"] for m in messages(broker, topic))
+
+
+def named_frames(records: list[dict[str, Any]]) -> dict[int, set[str]]:
+    return {m["frame_index"]: {f["identity"]["name"] for f in m["faces"] if f["identity"]}
+            for m in records if m["schema"] == "facestream.frame/1"}
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def file_run(detector, multitask, master_gallery: Gallery, clip_frames: list[Frame]) -> dict[int, set[str]]:  # type: ignore[no-untyped-def]
+    """Who is named on each frame when the clip is read from the file."""
+    pipeline = FacePipeline(detector, multitask, master_gallery)
+    return named_frames([output.result.to_json() for frame in clip_frames for output in pipeline.process([frame])])
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "h264"])
+def test_end_to_end_every_frame_has_a_result_and_identities_match_the_file_run(  # type: ignore[no-untyped-def]
+    broker: TansuBroker, detector, multitask, master_gallery: Gallery, clip_frames: list[Frame],
+    file_run: dict[int, set[str]], tmp_path: Path, fmt: str,
+) -> None:
+    config = kafka_config(broker, f"e2e-{fmt}")
+    ensure_topics(config)
+    publisher = GalleryPublisher(make_producer(config), config.gallery_topic)
+    for identity in ("lin", "alex"):
+        publisher.publish_identity(master_gallery, identity)
+    publish(config, clip_frames, fmt)
+    gallery = Gallery(tmp_path / "worker.db")  # empty: filled from the changelog
+    stats = run_in_process(config, detector, multitask, gallery)
+    assert stats.frames == len(clip_frames) and stats.dead_letters == 0
+
+    results = read_topic(broker.bootstrap, config.detections_topic)
+    frames = [json.loads(r.value) for r in results]
+    assert sorted(m["frame_index"] for m in frames) == list(range(len(clip_frames)))
+    for record, message in zip(results, frames):
+        jsonschema.validate(message, schema_for(message["schema"]))
+        headers = header_dict(record.headers)
+        assert record.key == b"hamilton" and headers["fs-event-id"] == message["event_id"]
+        assert headers["fs-schema"] == message["schema"] == "facestream.frame/1"
+    tracks = messages(broker, config.tracks_topic)
+    for message in tracks:
+        jsonschema.validate(message, schema_for(message["schema"]))
+    kafka_run = named_frames(frames)
+    assert {n for names in kafka_run.values() for n in names} == {n for names in file_run.values() for n in names} == {LIN}
+    agree = sum(kafka_run[i] == file_run[i] for i in file_run)
+    assert agree >= 0.95 * len(file_run), f"only {agree}/{len(file_run)} frames name the same people"
+    alerts = messages(broker, config.alerts_topic)
+    assert alerts and all(a["type"] == "track_identified" and a["identity"]["name"] == LIN for a in alerts)
+    ended = [t for t in tracks if t["type"] == "track_ended"]
+    assert len(ended) == len([t for t in tracks if t["type"] == "track_started"])
+
+
+# --- at least once ------------------------------------------------------------------------------
+
+
+def _by_event(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Messages by event id, checking that duplicates are identical copies."""
+    out: dict[str, dict[str, Any]] = {}
+    for message in records:
+        previous = out.setdefault(message["event_id"], message)
+        assert previous == message, f"duplicate {message['event_id']} differs from its first copy"
+    return out
+
+
+def test_killed_worker_replays_and_deduplicated_results_equal_a_clean_run(  # type: ignore[no-untyped-def]
+    broker: TansuBroker, model_store, master_gallery: Gallery, clip_frames: list[Frame], tmp_path: Path,
+) -> None:
+    frames_config = kafka_config(broker, "crash")
+    ensure_topics(frames_config)
+    publisher = GalleryPublisher(make_producer(frames_config), frames_config.gallery_topic)
+    publisher.publish_identity(master_gallery, "lin")
+    publish(frames_config, clip_frames)
+
+    def results_config(name: str) -> KafkaConfig:
+        return KafkaConfig(**{**vars(frames_config), "group_id": name, "detections_topic": f"{name}.detections",
+                              "tracks_topic": f"{name}.tracks", "alerts_topic": f"{name}.alerts",
+                              "state_topic": f"{name}.state"})
+
+    clean, crashed = results_config("clean"), results_config("crashed")
+    clean_worker = WorkerProcess(clean, model_store.home, tmp_path / "clean.log", idle_exit_ms=4000)
+    first = WorkerProcess(crashed, model_store.home, tmp_path / "crashed-1.log")
+    wait_for(lambda: len(read_topic(broker.bootstrap, crashed.detections_topic)) >= 130, 120,
+             "the first worker to publish 130 frames", first)
+    first.kill()
+    killed_at = len(read_topic(broker.bootstrap, crashed.detections_topic))
+    assert killed_at < len(clip_frames), "the worker finished before it was killed"
+    second = WorkerProcess(crashed, model_store.home, tmp_path / "crashed-2.log", idle_exit_ms=4000)
+    assert second.wait(180) == 0, second.log.read_text()[-3000:]
+    assert clean_worker.wait(180) == 0, clean_worker.log.read_text()[-3000:]
+    assert "resumed at offset" in second.log.read_text()
+
+    for kind in ("detections", "tracks"):
+        clean_messages = messages(broker, f"clean.{kind}")
+        crashed_messages = messages(broker, f"crashed.{kind}")
+        clean_events, crashed_events = _by_event(clean_messages), _by_event(crashed_messages)
+        assert crashed_events == clean_events, f"{kind}: after de-duplication the results differ from a clean run"
+    frames = messages(broker, crashed.detections_topic)
+    assert {m["frame_index"] for m in frames} == set(range(len(clip_frames)))
+    replayed = len(frames) - len(clip_frames)
+    assert replayed >= 0
+    assert any(m["type"] == "track_identified" for m in messages(broker, crashed.tracks_topic))
+
+
+def test_broker_outage_longer_than_the_session_loses_nothing(  # type: ignore[no-untyped-def]
+    broker: TansuBroker, model_store, clip_frames: list[Frame], tmp_path: Path,
+) -> None:
+    # Requests time out during the outage (request_timeout_ms < its length), so the clients
+    # must reconnect, and the coordinator must see the member again.
+    config = kafka_config(broker, "outage", gallery_topic="", request_timeout_ms=7000)
+    ensure_topics(config)
+    worker = WorkerProcess(config, model_store.home, tmp_path / "worker.log", metrics_port=free_port())
+    wait_for(lambda: _healthy(worker) and bool(worker.health()["partitions"]), 60, "the worker to join", worker)
+    frames = clip_frames[:200]
+    publisher = threading.Thread(target=publish, args=(config, frames), kwargs={"realtime": True})
+    publisher.start()
+    wait_for(lambda: len(read_topic(broker.bootstrap, config.detections_topic)) >= 30, 60, "30 results", worker)
+    broker.freeze()
+    try:
+        time.sleep(config.request_timeout_ms / 1000 + 5)
+        assert worker.process.poll() is None, "the worker died during the outage"
+    finally:
+        broker.resume()
+    publisher.join(timeout=120)
+    wait_for(lambda: set(frame_ids(broker, config.detections_topic)) >= {f"hamilton:{f.index}" for f in frames},
+             120, "a result for every frame after the outage", worker)
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0, worker.log.read_text()[-3000:]
+    assert "timed out" in worker.log.read_text(), "the outage was not felt by the worker"
+
+
+def _healthy(worker: WorkerProcess) -> bool:
+    try:
+        worker.health()
+        return True
+    except OSError:
+        return False
+
+
+# --- malformed input -------------------------------------------------------------------------------
+
+
+def malformed_messages(good_jpeg: bytes, h264_chunk: bytes, limit: int) -> list[tuple[bytes | None, bytes | None, list]]:  # type: ignore[type-arg]
+    """1,000 broken messages of ten kinds (key, value, headers)."""
+    rng = np.random.default_rng(7)
+    good = FrameMessage("hamilton", "image/jpeg", 10_000, 1)
+    kinds: list[Callable[[int], tuple[bytes | None, bytes | None, list]]] = [  # type: ignore[type-arg]
+        lambda i: (b"hamilton", rng.bytes(2000), good.headers()),  # not an image
+        lambda i: (b"hamilton", good_jpeg[: len(good_jpeg) // 50], good.headers()),  # truncated
+        lambda i: (b"hamilton", good_jpeg, []),  # no headers
+        lambda i: (b"hamilton", good_jpeg, [h for h in good.headers() if h[0] != "fs-frame-index"]),
+        lambda i: (b"hamilton", good_jpeg, [("content-type", b"image/gif"), *good.headers()[1:]]),
+        lambda i: (b"hamilton", rng.bytes(limit + 1000), good.headers()),  # oversized
+        lambda i: (b"hamilton", b"\x00\x00\x00\x01" + rng.bytes(3000),
+                   FrameMessage("hamilton", "video/h264", 10_000, 1, None, 30.0).headers()),  # broken chunk
+        lambda i: (b"hamilton", h264_chunk[len(h264_chunk) // 2:],
+                   FrameMessage("hamilton", "video/h264", 10_000, 1, None, 30.0).headers()),  # a chunk's tail
+        lambda i: (b"someone-else", good_jpeg, good.headers()),  # key and stream id disagree
+        lambda i: (b"hamilton", None, good.headers()),  # no payload
+    ]
+    return [kinds[i % len(kinds)](i) for i in range(1000)]
+
+
+def test_malformed_messages_go_to_the_dead_letter_topic_and_good_frames_are_all_processed(  # type: ignore[no-untyped-def]
+    broker: TansuBroker, detector, multitask, clip_frames: list[Frame],
+) -> None:
+    limit = 200_000
+    config = kafka_config(broker, "malformed", gallery_topic="", max_message_bytes=limit)
+    ensure_topics(config)
+    good = clip_frames[:60]
+    jpeg = cv2.imencode(".jpg", good[0].image)[1].tobytes()
+    producer = make_producer(KafkaConfig(**{**vars(config), "max_message_bytes": 4 * limit}))
+    from stream_worker.kafka_produce import H264Chunker
+
+    chunker = H264Chunker(640, 360, 30.0, 10)
+    chunk = ([c for f in good[:12] for c in chunker.add(f)] + chunker.finish())[0][1]
+    bad = malformed_messages(jpeg, chunk, limit)
+    for k, frame in enumerate(good):  # good frames with broken messages between them, on the same partition
+        encoded = cv2.imencode(".jpg", frame.image)[1]
+        producer.send(config.frames_topic, key=b"hamilton", value=encoded.tobytes(),
+                      headers=FrameMessage("hamilton", "image/jpeg", frame.index, 1_764_000_000_000 + k).headers())
+        for key, value, headers in bad[k * len(bad) // len(good): (k + 1) * len(bad) // len(good)]:
+            producer.send(config.frames_topic, key=key, value=value, headers=headers)
+    producer.flush()
+    producer.close()
+
+    stats = run_in_process(config, detector, multitask, None)
+    assert stats.dead_letters == 1000 and stats.frames == len(good)
+    assert sorted(m["frame_index"] for m in messages(broker, config.detections_topic)) == [f.index for f in good]
+    letters = read_topic(broker.bootstrap, config.dead_letter_topic, timeout_s=30)
+    assert len(letters) == 1000
+    originals = {(k, v) for k, v, _ in bad}
+    reasons = collections.Counter()
+    for letter in letters:
+        headers = header_dict(letter.headers)
+        assert headers["fs-dlq-reason"] and headers["fs-dlq-topic"] == config.frames_topic
+        reasons[headers["fs-dlq-reason"].split(":")[0].split(" (")[0][:40]] += 1
+        if "fs-dlq-original-bytes" in headers:
+            assert int(headers["fs-dlq-original-bytes"]) == limit + 1000 and len(letter.value) == limit
+        else:
+            assert (letter.key, letter.value) in originals or (letter.value == b"" and (letter.key, None) in originals)
+    assert len(reasons) >= 8, reasons
+
+
+# --- two workers in a group -------------------------------------------------------------------------
+
+
+def cameras_on_every_partition(partitions: int) -> list[str]:
+    from kafka.partitioner.default import murmur2
+
+    chosen: dict[int, str] = {}
+    for n in range(1000):
+        name = f"cam-{n}"
+        chosen.setdefault((murmur2(name.encode()) & 0x7FFFFFFF) % partitions, name)
+        if len(chosen) == partitions:
+            return [chosen[p] for p in range(partitions)]
+    raise AssertionError("no camera names cover every partition")
+
+
+def test_two_workers_share_cameras_and_one_takes_over_when_the_other_is_killed(  # type: ignore[no-untyped-def]
+    broker: TansuBroker, model_store, clip_frames: list[Frame], tmp_path: Path,
+) -> None:
+    config = kafka_config(broker, "group", gallery_topic="", frames_partitions=4)
+    ensure_topics(config)
+    cameras = cameras_on_every_partition(4)
+    a = WorkerProcess(config, model_store.home, tmp_path / "a.log", metrics_port=free_port())
+    b = WorkerProcess(config, model_store.home, tmp_path / "b.log", metrics_port=free_port())
+    try:
+        def split() -> bool:
+            if not (_healthy(a) and _healthy(b)):
+                return False
+            mine, theirs = set(a.health()["partitions"]), set(b.health()["partitions"])
+            return bool(mine) and bool(theirs) and not mine & theirs and mine | theirs == {0, 1, 2, 3}
+
+        wait_for(split, 90, "both workers to own partitions", a)
+        owner_b = set(b.health()["partitions"])
+
+        def camera_frames(start: int, count: int) -> list[Frame]:
+            return [Frame(cam, f.index, f.pts_ms, f.image, f.received)
+                    for cam in cameras for f in clip_frames[start:start + count]]
+
+        first = camera_frames(0, 40)
+        publish(config, first)
+        expected = {f"{f.stream_id}:{f.index}" for f in first}
+        wait_for(lambda: set(frame_ids(broker, config.detections_topic)) >= expected, 120, "phase 1 results", a)
+        time.sleep(2.5)  # let both checkpoint
+        counts = frame_ids(broker, config.detections_topic)
+        assert counts == collections.Counter(expected), "a frame was processed twice in one generation"
+        assert a.health()["frames"] > 0 and b.health()["frames"] > 0
+
+        b.kill()
+        wait_for(lambda: set(a.health()["partitions"]) == {0, 1, 2, 3}, 60, "worker A to take over", a)
+        second = camera_frames(40, 40)
+        publish(config, second)
+        expected |= {f"{f.stream_id}:{f.index}" for f in second}
+        wait_for(lambda: set(frame_ids(broker, config.detections_topic)) >= expected, 120, "phase 2 results", a)
+        counts = frame_ids(broker, config.detections_topic)
+        assert counts == collections.Counter(expected), "after the take-over a frame was processed twice"
+        taken = [cameras[p] for p in sorted(owner_b)]
+        tracks = messages(broker, config.tracks_topic)
+        for cam in taken:  # A continued B's tracks from B's checkpoint: no track id is started twice
+            started = [t["track_id"] for t in tracks if t["stream_id"] == cam and t["type"] == "track_started"]
+            assert len(started) == len(set(started))
+        a.process.send_signal(signal.SIGTERM)
+        assert a.wait(60) == 0
+    finally:
+        for worker in (a, b):
+            if worker.process.poll() is None:
+                worker.kill()
+
+
+# --- gallery changelog ------------------------------------------------------------------------------
+
+
+def test_gallery_changelog_enrol_reaches_every_worker_and_erasure_retracts(  # type: ignore[no-untyped-def]
+    broker: TansuBroker, model_store, master_gallery: Gallery, clip_frames: list[Frame], tmp_path: Path,
+) -> None:
+    base = kafka_config(broker, "changelog")
+    ensure_topics(base)
+    workers = {}
+    for name in ("a", "b"):
+        config = KafkaConfig(**{**vars(base), "group_id": f"changelog-{name}", "detections_topic": f"{name}.detections",
+                                "tracks_topic": f"{name}.tracks", "alerts_topic": f"{name}.alerts",
+                                "state_topic": f"{name}.state"})
+        workers[name] = (config, WorkerProcess(config, model_store.home, tmp_path / f"{name}.log",
+                                               gallery=tmp_path / f"{name}.db"))
+    try:
+        publisher = GalleryPublisher(make_producer(base), base.gallery_topic)
+        publisher.publish_identity(master_gallery, "lin")  # enrol: both workers follow
+        lin_close_up = clip_frames[86:211]  # Lin in close-up (named from frame 156 when the stream starts at 86)
+        publish(base, [Frame("stage-1", f.index, f.pts_ms, f.image, f.received) for f in lin_close_up])
+        for name, (config, worker) in workers.items():
+            wait_for(lambda c=config: any((m.get("identity") or {}).get("name") == LIN
+                                          for m in messages(broker, c.tracks_topic)), 120,
+                     f"worker {name} to name Lin", worker)
+
+        publisher.publish_erasure("lin")  # erase: tombstone + erasure event
+        for name, (config, worker) in workers.items():
+            wait_for(lambda c=config: any(m["schema"] == "facestream.retraction/1"
+                                          for m in messages(broker, c.tracks_topic)), 60,
+                     f"worker {name} to retract", worker)
+            retractions = [m for m in messages(broker, config.detections_topic)
+                           if m["schema"] == "facestream.retraction/1"]
+            assert len(retractions) == 1
+            jsonschema.validate(retractions[0], schema_for("facestream.retraction/1"))
+            named = {m["event_id"] for m in messages(broker, config.detections_topic)
+                     if m["schema"] == "facestream.frame/1" and any(f["identity"] for f in m["faces"])}
+            assert named and set(retractions[0]["retracted_event_ids"]) >= named
+
+        publish(base, [Frame("stage-2", f.index, f.pts_ms, f.image, f.received) for f in lin_close_up])
+        for name, (config, worker) in workers.items():
+            wait_for(lambda c=config: {m["event_id"] for m in messages(broker, c.detections_topic)}
+                     >= {f"stage-2:{f.index}" for f in lin_close_up}, 120, f"worker {name} on stage-2", worker)
+            after = [m for m in messages(broker, config.detections_topic) + messages(broker, config.tracks_topic)
+                     if m["stream_id"] == "stage-2"]
+            assert after and not any(m.get("identity") for m in after)
+            assert not any(f["identity"] for m in after if m["schema"] == "facestream.frame/1" for f in m["faces"])
+    finally:
+        for _, worker in workers.values():
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+                worker.wait(60)
