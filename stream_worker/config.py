@@ -93,7 +93,7 @@ def _convert(value: Any, kind: Any, where: str) -> Any:
     origin = typing.get_origin(kind)
     if origin in (types.UnionType, typing.Union):
         options = [k for k in typing.get_args(kind) if k is not type(None)]
-        if value is None:
+        if value is None or value == "":
             return None
         return _convert(value, options[0], where)
     if dataclasses.is_dataclass(kind):
@@ -149,7 +149,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw)
+        node[path[-1]] = yaml.safe_load(raw) if raw.strip() else ""  # empty: an empty string (or None where allowed)
     return out
 
 

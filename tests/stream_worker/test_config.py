@@ -52,3 +52,23 @@ def test_bad_file(tmp_path: Path) -> None:
 def test_effective_configuration_is_plain_data() -> None:
     data = as_dict(load_config(env={}))
     assert data["stream"]["pacing"] == "auto" and data["detector"]["thresholds"] == [0.6, 0.7, 0.7]
+
+
+def test_kafka_settings_from_the_environment_and_empty_values() -> None:
+    config = load_config(env={"FACESTREAM__KAFKA__BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
+                              "FACESTREAM__KAFKA__GALLERY_TOPIC": "", "FACESTREAM__GALLERY__PATH": "",
+                              "FACESTREAM__KAFKA__SESSION_TIMEOUT_MS": "6000"})
+    assert config.kafka.common()["bootstrap_servers"] == ["k1:9092", "k2:9092"]
+    assert config.kafka.gallery_topic == "" and config.gallery.path is None  # empty: off / none
+    assert config.kafka.session_timeout_ms == 6000
+    with pytest.raises(ConfigError, match="heartbeat_interval_ms must be at most a third"):
+        load_config(env={"FACESTREAM__KAFKA__HEARTBEAT_INTERVAL_MS": "5000"})
+
+
+def test_kafka_password_comes_only_from_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACESTREAM_KAFKA_PASSWORD", "s3cret-pass")
+    config = load_config(env={"FACESTREAM__KAFKA__SASL_MECHANISM": "PLAIN", "FACESTREAM__KAFKA__SASL_USERNAME": "fs"})
+    assert config.kafka.common()["sasl_plain_password"] == "s3cret-pass"
+    assert "s3cret-pass" not in str(as_dict(config))
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(env={"FACESTREAM__KAFKA__SASL_PASSWORD": "x"})
