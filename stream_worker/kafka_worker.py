@@ -95,12 +95,14 @@ class KafkaWorkerStats:
     rebalances: int = 0
     rewinds: int = 0
     retractions: int = 0
+    too_large: int = 0
+    """Result messages above max_message_bytes (logged, not sent)."""
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def to_json(self) -> dict[str, Any]:
         return {"records": self.records, "frames": self.frames, "dead_letters": self.dead_letters,
                 "duplicates": self.duplicates, "checkpoints": self.checkpoints, "rebalances": self.rebalances,
-                "rewinds": self.rewinds, "retractions": self.retractions}
+                "rewinds": self.rewinds, "retractions": self.retractions, "too_large": self.too_large}
 
 
 def _reason_kind(reason: str) -> str:
@@ -353,9 +355,15 @@ class KafkaWorker:
                 self._process({item.frame.stream_id: collections.deque([item])})
 
     def _send(self, topic: str, key: bytes | str | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        from kafka.errors import MessageSizeTooLargeError
+
         if isinstance(key, str):
             key = key.encode()
-        self._futures.append(self.producer.send(topic, key=key, value=value, headers=headers))
+        try:
+            self._futures.append(self.producer.send(topic, key=key, value=value, headers=headers))
+        except MessageSizeTooLargeError as exc:  # never crash-loop on one message
+            self.stats.too_large += 1
+            log.error("a %d-byte message for %s (key %r) was not sent: %s", len(value or b""), topic, key, exc)
 
     def _publish(self, topic: str, message: dict[str, Any]) -> None:
         self._send(topic, message["stream_id"], encode_json(message), result_headers(message))
@@ -423,7 +431,8 @@ class KafkaWorker:
 
         self._last_checkpoint = time.monotonic()
         if not self._flush():
-            self.rewind()
+            if not in_listener:  # (a revoked partition's next owner resumes from its last checkpoint)
+                self.rewind()
             return False
         offsets = {tp: OffsetAndMetadata(self.positions[tp], "", -1) for tp in partitions if tp in self.positions}
         if not offsets:
@@ -444,8 +453,10 @@ class KafkaWorker:
                             else self.pipeline.stream_checkpoint(sid)
                             for sid in sorted(self.partition_streams.get(tp, ()))},
             }
-            self._send(self.config.state_topic, self._checkpoint_key(tp), json.dumps(state).encode(),
-                       [("content-type", JSON_TYPE.encode())])
+            encoded = self._fitting_checkpoint(state)
+            if encoded is not None:
+                self._send(self.config.state_topic, self._checkpoint_key(tp), encoded,
+                           [("content-type", JSON_TYPE.encode())])
         if not self._flush():
             log.warning("checkpoint state not written; the next owner replays from the previous one")
             return False
@@ -454,6 +465,27 @@ class KafkaWorker:
         if self.metrics is not None:
             self.metrics.checkpoints.inc()
         return True
+
+    def _fitting_checkpoint(self, state: dict[str, Any]) -> bytes | None:
+        """The checkpoint as JSON, within ``max_message_bytes``: without the tracks' best-shot
+        JPEGs if need be (their thumbnails are then lost), or None (not written: the next
+        owner replays from the previous checkpoint, which stays exact, only longer)."""
+        encoded = json.dumps(state).encode()
+        limit = self.config.max_message_bytes
+        if len(encoded) <= limit:
+            return encoded
+        for stream in state["streams"].values():
+            for track in (stream or {}).get("tracks", []):
+                if track.get("best") is not None:
+                    track["best"]["jpeg"] = None
+        encoded = json.dumps(state).encode()
+        if len(encoded) <= limit:
+            log.warning("partition %d: checkpoint above %d bytes; written without best-shot thumbnails",
+                        state["partition"], limit)
+            return encoded
+        log.error("partition %d: checkpoint of %d bytes exceeds max_message_bytes %d; not written (a take-over "
+                  "replays from the previous one)", state["partition"], len(encoded), limit)
+        return None
 
     def rewind(self) -> None:
         """Go back to every owned partition's last checkpoint (results could not be delivered)."""
@@ -464,6 +496,8 @@ class KafkaWorker:
             for sid in self.partition_streams.pop(tp, set()):
                 self.pipeline.end_stream(sid)  # discard: the checkpoint restores it
                 self.decoders.pop(sid, None)
+            self.positions.pop(tp, None)
+            self._dirty.discard(tp)
         self.assign(owned, rewinding=True)
 
     # --- rebalance --------------------------------------------------------------------------------

@@ -81,3 +81,28 @@ def test_closed_checkpoint_never_reuses_track_ids(detector, multitask, clip_fram
 def test_checkpoint_refuses_other_formats(detector, multitask) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="checkpoint format"):
         FacePipeline(detector, multitask, None).restore_stream("cam", {"format": "pickle"})
+
+
+def test_a_checkpoint_too_large_for_a_message_drops_thumbnails_then_is_skipped(  # type: ignore[no-untyped-def]
+    detector, multitask, clip_frames: list[Frame],
+) -> None:
+    from stream_worker.kafka_client import KafkaConfig
+    from stream_worker.kafka_worker import KafkaWorker
+
+    pipeline = FacePipeline(detector, multitask, None)
+    _messages(pipeline, clip_frames[:40])
+    state = {"partition": 0, "streams": {"cam": pipeline.stream_checkpoint("cam")}}
+    full = len(json.dumps(state).encode())
+    jpegs = sum(len(t["best"]["jpeg"]) for t in state["streams"]["cam"]["tracks"] if t["best"])
+    assert jpegs > 2000
+
+    def fitted(limit: int) -> bytes | None:
+        worker = KafkaWorker(pipeline, KafkaConfig(max_message_bytes=limit))
+        return worker._fitting_checkpoint(json.loads(json.dumps(state)))
+
+    assert fitted(full) == json.dumps(state).encode()  # fits: unchanged
+    smaller = fitted(full - 1000)
+    assert smaller is not None and len(smaller) < full - jpegs + 100  # the base64 JPEGs are gone
+    restored = json.loads(smaller)["streams"]["cam"]
+    assert all(t["best"]["jpeg"] is None for t in restored["tracks"] if t["best"])
+    assert fitted(1024) is None
