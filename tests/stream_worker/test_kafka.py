@@ -31,6 +31,7 @@ from stream_worker.kafka_produce import publish_frames
 from stream_worker.kafka_wire import FrameMessage, header_dict
 from stream_worker.kafka_worker import KafkaWorker, KafkaWorkerOptions
 from stream_worker.messages import schema_for
+from stream_worker.metrics import WorkerMetrics
 from stream_worker.pipeline import FacePipeline
 from stream_worker.sources import open_source
 from tests.stream_worker.kafka_broker import TansuBroker, free_port, read_topic
@@ -87,9 +88,10 @@ def messages(broker: TansuBroker, topic: str) -> list[dict[str, Any]]:
     return [json.loads(r.value) for r in read_topic(broker.bootstrap, topic)]
 
 
-def run_in_process(config: KafkaConfig, detector, multitask, gallery: Gallery | None, **options: Any) -> Any:  # type: ignore[no-untyped-def]
+def run_in_process(config: KafkaConfig, detector, multitask, gallery: Gallery | None,  # type: ignore[no-untyped-def]
+                   metrics: WorkerMetrics | None = None) -> Any:
     pipeline = FacePipeline(detector, multitask, gallery)
-    worker = KafkaWorker(pipeline, config, KafkaWorkerOptions(idle_exit_ms=4000, **options), gallery=gallery)
+    worker = KafkaWorker(pipeline, config, KafkaWorkerOptions(idle_exit_ms=4000), gallery=gallery, metrics=metrics)
     return worker.run()
 
 
@@ -324,8 +326,12 @@ def test_malformed_messages_go_to_the_dead_letter_topic_and_good_frames_are_all_
     producer.flush()
     producer.close()
 
-    stats = run_in_process(config, detector, multitask, None)
+    metrics = WorkerMetrics()
+    stats = run_in_process(config, detector, multitask, None, metrics)
     assert stats.dead_letters == 1000 and stats.frames == len(good)
+    counted = {s.labels["reason"]: s.value for m in metrics.registry.collect() if m.name == "facestream_dead_letters"
+               for s in m.samples if s.name.endswith("_total")}
+    assert sum(counted.values()) == 1000 and len(counted) >= 5, counted
     assert sorted(m["frame_index"] for m in messages(broker, config.detections_topic)) == [f.index for f in good]
     letters = read_topic(broker.bootstrap, config.dead_letter_topic, timeout_s=30)
     assert len(letters) == 1000
@@ -460,3 +466,40 @@ def test_gallery_changelog_enrol_reaches_every_worker_and_erasure_retracts(  # t
             if worker.process.poll() is None:
                 worker.process.send_signal(signal.SIGTERM)
                 worker.wait(60)
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def test_produce_and_tail_commands(broker: TansuBroker, faces_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "FACESTREAM_KAFKA_BOOTSTRAP": broker.bootstrap}
+    produced = subprocess.run(
+        [sys.executable, "-m", "stream_worker.cli", "produce", "--source", f"cam9={faces_dir / CLIP}",
+         "--topic", "cli.frames", "--format", "h264", "--gop-frames", "30"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert produced.returncode == 0, produced.stderr
+    assert json.loads(produced.stdout) | {"bytes": 0} == {"stream_id": "cam9", "topic": "cli.frames", "format": "h264",
+                                                          "frames": 275, "messages": 10, "bytes": 0}
+    records = read_topic(broker.bootstrap, "cli.frames")
+    assert [int(header_dict(r.headers)["fs-frame-index"]) for r in records] == list(range(0, 275, 30))
+    for record in records:
+        jsonschema.validate(header_dict(record.headers), schema_for("facestream.frame-input/1"))
+
+    producer = make_producer(KafkaConfig(bootstrap_servers=broker.bootstrap))
+    good = {"schema": "facestream.track/1", "event_id": "cam9:track:1:started", "type": "track_started",
+            "stream_id": "cam9", "track_id": 1, "frame_index": 4, "pts_ms": 133.4}
+    producer.send("cli.results", key=b"cam9", value=json.dumps(good).encode())
+    producer.send("cli.results", key=b"cam9", value=json.dumps({**good, "track_id": 0}).encode())  # fails its schema
+    producer.send("cli.results", key=b"cam9", value=b"not json")
+    producer.flush()
+    producer.close()
+    tail = subprocess.run([sys.executable, "-m", "stream_worker.cli", "tail", "--topic", "cli.results",
+                           "--idle-exit-ms", "2000"], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert tail.returncode == 1
+    assert [json.loads(line) for line in tail.stdout.splitlines()] == [good]
+    assert "fails facestream.track/1" in tail.stderr and "not JSON" in tail.stderr
+    missing = subprocess.run([sys.executable, "-m", "stream_worker.cli", "tail", "--topic", "no.such.topic"],
+                             env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode == 2 and "topic no.such.topic does not exist" in missing.stderr
