@@ -112,6 +112,7 @@ class Gallery:
 
     def _load_index(self) -> None:
         generation = self.store.generation
+        self._seen_generation = generation
         tids, owners, vectors = self.store.templates(self.model, dim=self.dim)
         kind = "ivf" if len(tids) >= self.index_config.ivf_min_templates else "flat"
         loaded = TemplateIndex.load(self._index_path, self.index_config, tids, vectors)
@@ -129,6 +130,21 @@ class Gallery:
         self._owners = owners
         self._per_identity = Counter(owners.tolist())
         self._names = self.store.names()
+
+    def _sync(self) -> None:
+        """Reload the index if another process changed the database (a worker and
+        ``facestream gallery`` sharing one file); call with the lock held."""
+        if self.store.generation != self._seen_generation:
+            log.info("gallery %s was changed by another process; reloading its index", self.path)
+            self._load_index()
+
+    def _wrote(self) -> None:
+        """After this object's own write: in step, unless someone else wrote just before it."""
+        before, after = self.store.last_write
+        if before != self._seen_generation:
+            self._load_index()
+        else:
+            self._seen_generation = after
 
     def save(self) -> None:
         """Write the index cache if the gallery changed since it was last written."""
@@ -190,6 +206,7 @@ class Gallery:
         hashes = list(image_sha256) if image_sha256 is not None else [None] * len(vectors)
         qualities = list(quality) if quality is not None else [None] * len(vectors)
         with self._lock:
+            self._sync()
             keep = []
             for i, digest in enumerate(hashes):
                 owner = self.store.find_image(self.model, digest) if digest else None
@@ -201,13 +218,19 @@ class Gallery:
                     )
             if not keep:  # every photo already enrolled for this identity: update name/metadata only
                 self._names[identity_id] = self.store.upsert_identity(identity_id, name=name, metadata=metadata).name
+                self._wrote()
                 return []
             ids = self.store.add_templates(
                 identity_id, self.model, vectors[keep],
                 image_sha256=[hashes[i] for i in keep], quality=[qualities[i] for i in keep],
                 create=True, name=name, metadata=metadata,
             )
+            before, _ = self.store.last_write
             self._names[identity_id] = self.store.identity(identity_id).name
+            if before != self._seen_generation:  # someone else wrote first: rebuild from the database
+                self._load_index()
+                return ids
+            self._seen_generation = self.store.last_write[1]
             id_array = np.asarray(ids, np.int64)
             self._index.add(id_array, vectors[keep])
             self._tids = np.concatenate([self._tids, id_array])
@@ -218,6 +241,7 @@ class Gallery:
     def remove(self, identity_id: str) -> Erasure:
         """Erase an identity: its record, all its templates (every model) and its vectors."""
         with self._lock:
+            self._sync()
             event, removed = self.store.remove_identity(identity_id)
             removed_ids = np.asarray(removed, np.int64)
             self._index.remove(removed_ids)
@@ -225,6 +249,7 @@ class Gallery:
             self._tids, self._owners = self._tids[keep], self._owners[keep]
             self._per_identity.pop(identity_id, None)
             self._names.pop(identity_id, None)
+            self._wrote()
             self.save()  # the cache must not keep erased vectors on disk either
             return event
 
@@ -236,6 +261,7 @@ class Gallery:
             raise ValueError(f"k must be >= 1, got {k}")
         vectors = unit(queries, self.dim)
         with self._lock:
+            self._sync()
             if len(self._tids) == 0:
                 return [[] for _ in vectors]
             threshold = self.threshold
@@ -307,6 +333,7 @@ class Gallery:
                 if "identity" in record:
                     i = record["identity"]
                     self.store.upsert_identity(i["id"], name=i["name"], metadata=i["metadata"])
+                    self._wrote()
                     self._names[i["id"]] = i["name"]
                     counts["identities"] += 1
                 elif "template" in record:
@@ -321,6 +348,7 @@ class Gallery:
                     else:  # kept for re-enrolment reports, not searchable with this model
                         self.store.add_templates(t["identity_id"], t["model"], vector, image_sha256=[digest],
                                                  quality=[t.get("quality")])
+                        self._wrote()
                     counts["templates"] += 1
                 else:
                     raise GalleryError(f"import line {number}: neither an identity nor a template")

@@ -106,6 +106,9 @@ class GalleryStore:
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = Path(path)
+        self.last_write: tuple[int, int] = (-1, -1)
+        """Generation before and after this connection's last write (another process may
+        write to the same file between two of ours)."""
         if not self.path.exists() and not create:
             raise GalleryCorruptError(f"{self.path}: no gallery database here")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,9 +137,11 @@ class GalleryStore:
         with self._errors("write"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                before = int(self._meta("generation"))
                 yield self._db
                 self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
                 self._db.execute("COMMIT")
+                self.last_write = (before, before + 1)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise

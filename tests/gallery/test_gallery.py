@@ -196,3 +196,19 @@ def test_bad_embeddings_are_refused(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="finite and non-zero"):
             gallery.enrol("x", np.zeros((1, 128), np.float32))
         assert gallery.search(vectors(1), k=3) == [[]]
+
+
+def test_two_processes_sharing_one_file_see_each_others_changes(tmp_path: Path) -> None:
+    """A worker and `facestream gallery` (or the REST API) on the same database file."""
+    with Gallery(tmp_path / "g.db") as worker, Gallery(tmp_path / "g.db") as operator:
+        worker.enrol("bob", vectors(2))
+        assert worker.search(vectors(1)[:1], k=5)[0][0].identity_id == "bob"
+        operator.enrol("alice", vectors(1), image_sha256=["a1"])  # the worker's index does not have it yet
+        assert worker.search(vectors(1)[:1], k=1)[0][0].identity_id == "alice"
+        assert worker.enrol("alice", vectors(1), image_sha256=["a1"]) == []  # already there: skipped
+        operator.enrol("carol", vectors(3))
+        worker.enrol("dave", vectors(4))  # the operator wrote just before: the worker rebuilds, keeps both
+        assert {worker.search(vectors(s)[:1], k=1)[0][0].identity_id for s in (3, 4)} == {"carol", "dave"}
+        operator.remove("alice")
+        assert "alice" not in {m.identity_id for m in worker.search(vectors(1)[:1], k=5)[0]}
+        assert {m.identity_id for m in operator.search(vectors(4)[:1], k=5)[0]} >= {"dave"}

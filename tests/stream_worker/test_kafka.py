@@ -419,8 +419,10 @@ def test_two_workers_share_cameras_and_one_takes_over_when_the_other_is_killed( 
 
 
 def test_gallery_changelog_enrol_reaches_every_worker_and_erasure_retracts(  # type: ignore[no-untyped-def]
-    broker: TansuBroker, model_store, master_gallery: Gallery, clip_frames: list[Frame], tmp_path: Path,
+    broker: TansuBroker, model_store, faces_dir: Path, clip_frames: list[Frame], tmp_path: Path,
 ) -> None:
+    """Enrol and erase with `facestream gallery --publish` on worker A's own gallery file,
+    while A and B (each in its own group, with its own gallery) run."""
     base = kafka_config(broker, "changelog")
     ensure_topics(base)
     workers = {}
@@ -430,9 +432,18 @@ def test_gallery_changelog_enrol_reaches_every_worker_and_erasure_retracts(  # t
                                 "state_topic": f"{name}.state"})
         workers[name] = (config, WorkerProcess(config, model_store.home, tmp_path / f"{name}.log",
                                                gallery=tmp_path / f"{name}.db"))
+    def gallery_command(*args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "stream_worker.cli", "gallery", "--db", str(tmp_path / "a.db"), "--publish",
+             broker.bootstrap, "--changelog-topic", base.gallery_topic, *args],
+            env={**os.environ, "FACESTREAM_HOME": str(model_store.home), "FACESTREAM_AUTO_FETCH": "0"},
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert done.returncode == 0, done.stderr
+
     try:
-        publisher = GalleryPublisher(make_producer(base), base.gallery_topic)
-        publisher.publish_identity(master_gallery, "lin")  # enrol: both workers follow
+        gallery_command("enrol", "--id", "lin", "--name", LIN, "--min-quality", "0",
+                        str(faces_dir / EXAMPLES / "lin-manuel-miranda.png"))
         lin_close_up = clip_frames[86:211]  # Lin in close-up (named from frame 156 when the stream starts at 86)
         publish(base, [Frame("stage-1", f.index, f.pts_ms, f.image, f.received) for f in lin_close_up])
         for name, (config, worker) in workers.items():
@@ -440,7 +451,7 @@ def test_gallery_changelog_enrol_reaches_every_worker_and_erasure_retracts(  # t
                                           for m in messages(broker, c.tracks_topic)), 120,
                      f"worker {name} to name Lin", worker)
 
-        publisher.publish_erasure("lin")  # erase: tombstone + erasure event
+        gallery_command("remove", "lin")  # erase: tombstone + erasure event
         for name, (config, worker) in workers.items():
             wait_for(lambda c=config: any(m["schema"] == "facestream.retraction/1"
                                           for m in messages(broker, c.tracks_topic)), 60,
