@@ -34,13 +34,13 @@ import cv2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engines.image import decode_image  # noqa: E402
-from stream_worker.frames import Frame  # noqa: E402
-from stream_worker.kafka_client import KafkaConfig, ensure_topics, make_producer  # noqa: E402
-from stream_worker.kafka_produce import publish_frames  # noqa: E402
-from stream_worker.sources import open_source  # noqa: E402
-from tests.stream_worker.kafka_broker import TansuBroker, read_topic  # noqa: E402
-from tests.stream_worker.test_kafka import cameras_on_every_partition  # noqa: E402
+from engines.image import decode_image
+from stream_worker.frames import Frame
+from stream_worker.kafka_client import KafkaConfig, ensure_topics, make_producer
+from stream_worker.kafka_produce import publish_frames
+from stream_worker.sources import open_source
+from tests.stream_worker.kafka_broker import TansuBroker, read_topic
+from tests.stream_worker.test_kafka import cameras_on_every_partition
 
 CLIP = REPO.parent / "shared/data/faces/face_recognition/examples/short_hamilton_clip.mp4"
 
@@ -57,7 +57,13 @@ def camera_frames(cameras: list[str]) -> list[Frame]:
 
 def direct(cameras: int) -> None:
     """(child process) The pipeline without Kafka on this process's core; prints frames/s."""
-    from engines import EngineRuntime, ModelStore, MTCNNDetector, MultiTaskNet, RuntimeConfig
+    from engines import (
+        EngineRuntime,
+        ModelStore,
+        MTCNNDetector,
+        MultiTaskNet,
+        RuntimeConfig,
+    )
     from stream_worker.pipeline import FacePipeline
 
     names = [f"cam{i}" for i in range(cameras)]
