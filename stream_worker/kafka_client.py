@@ -49,6 +49,8 @@ class KafkaConfig:
     """A worker that takes longer than this between polls leaves the group; one poll's
     records (max_poll_records) must be processed well within it."""
     max_poll_records: int = 16
+    max_poll_frames: int = 64
+    """Frames taken per poll: fewer records when they are video chunks of many frames."""
     max_message_bytes: int = 1_000_000
     """Input messages above this size are dead letters (Apache Kafka's default message.max.bytes is
     about 1 MB: raise both together)."""
@@ -70,8 +72,9 @@ class KafkaConfig:
             raise ConfigError("kafka.bootstrap_servers is empty")
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ConfigError("kafka: heartbeat_interval_ms must be at most a third of session_timeout_ms")
-        if self.max_poll_records < 1 or self.max_message_bytes < 1024 or self.frames_partitions < 1:
-            raise ConfigError("kafka: max_poll_records >= 1, max_message_bytes >= 1024, frames_partitions >= 1")
+        if min(self.max_poll_records, self.max_poll_frames, self.frames_partitions) < 1 or self.max_message_bytes < 1024:
+            raise ConfigError("kafka: max_poll_records, max_poll_frames and frames_partitions must be >= 1, "
+                              "max_message_bytes >= 1024")
         if self.request_timeout_ms > self.delivery_timeout_ms:
             raise ConfigError("kafka: request_timeout_ms must not exceed delivery_timeout_ms")
 
@@ -155,9 +158,14 @@ def ensure_topics(config: KafkaConfig) -> None:
         missing = [t for t in wanted if t.name not in existing]
         if missing:
             try:
-                admin.create_topics(missing)
-                log.info("created topics %s", [t.name for t in missing])
+                response = admin.create_topics(missing)
             except TopicAlreadyExistsError:  # another worker was faster
-                pass
+                return
+            results = response.get("topics", []) if isinstance(response, dict) else []
+            failed = [t for t in results if t.get("error_code") not in (0, TopicAlreadyExistsError.errno)]
+            if failed:
+                raise KafkaUnavailableError("cannot create topics: " + "; ".join(
+                    f"{t['name']}: {t.get('error_message') or 'error ' + str(t['error_code'])}" for t in failed))
+            log.info("created topics %s", [t.name for t in missing])
     finally:
         admin.close()

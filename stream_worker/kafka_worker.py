@@ -203,6 +203,8 @@ class KafkaWorker:
         self._dirty: set[Any] = set()
         """Partitions with input consumed since their last checkpoint."""
         self._last_checkpoint = time.monotonic()
+        self._frames_per_record = 1.0
+        """Running mean of frames per input message (1 for images, a GOP for video chunks)."""
         self.producer: Any = None
         self.consumer: Any = None
         self.checkpoints: CheckpointReader | None = None
@@ -233,7 +235,7 @@ class KafkaWorker:
             while not stop.is_set():
                 if self.follower is not None:
                     self.follower.poll()
-                batch = self.consumer.poll(timeout_ms=200, max_records=self.config.max_poll_records)
+                batch = self.consumer.poll(timeout_ms=200, max_records=self._max_records())
                 if batch or not self.owned:  # idle time counts once the group has given us partitions
                     idle_since = time.monotonic()
                 if batch:
@@ -247,6 +249,13 @@ class KafkaWorker:
         finally:
             self.close()
         return self.stats
+
+    def _max_records(self) -> int:
+        """Records for the next poll: ``max_poll_frames`` frames (a video chunk holds many),
+        at most ``max_poll_records``, so one poll's work stays well within
+        ``max_poll_interval_ms``."""
+        frames = max(self._frames_per_record, 1.0)
+        return max(1, min(self.config.max_poll_records, int(self.config.max_poll_frames / frames)))
 
     def close(self) -> None:
         """Leave cleanly: end the tracks, publish, commit, checkpoint, leave the group."""
@@ -302,6 +311,11 @@ class KafkaWorker:
         except MalformedMessageError as exc:
             self._dead_letter(record, str(exc))
             return
+        except Exception as exc:  # a decoder bug must not crash-loop the worker on one message
+            log.exception("decoding %s[%d]@%d failed", record.topic, record.partition, record.offset)
+            self._dead_letter(record, f"decode error ({type(exc).__name__}: {exc})")
+            return
+        self._frames_per_record += 0.2 * (len(frames) - self._frames_per_record)
         state = self.pipeline.streams.get(message.stream_id)
         queue = pending[message.stream_id]
         last = queue[-1].frame.index if queue else state.last_frame if state is not None else -1
