@@ -1,4 +1,5 @@
-"""Where results go: JSON lines, an annotated video, best-shot thumbnails (Kafka: its own issue).
+"""Where results go: JSON lines, an annotated video, best-shot thumbnails (the Kafka result
+topics are published by :mod:`stream_worker.kafka_worker`, which also takes these sinks).
 
 Every sink takes each :class:`FrameOutput` in stream order through :meth:`write`, and
 the end of a stream's tracks through :meth:`write_events`.

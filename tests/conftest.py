@@ -82,6 +82,17 @@ def model_store(model_home: Path, wheelhouse: Path) -> ModelStore:
 
 
 @pytest.fixture(scope="session")
+def hamilton_frames(faces_dir: Path) -> list:  # type: ignore[type-arg]
+    """Every frame of the shared 10 s clip, decoded once (stream id ``hamilton``)."""
+    import threading
+
+    from stream_worker.sources import open_source
+
+    clip = faces_dir / "face_recognition/examples/short_hamilton_clip.mp4"
+    return list(open_source("hamilton", str(clip)).frames(threading.Event()))
+
+
+@pytest.fixture(scope="session")
 def runtime() -> Iterator[EngineRuntime]:
     with EngineRuntime(RuntimeConfig(device="cpu")) as rt:
         yield rt

@@ -4,7 +4,6 @@ JSON round trip, in another pipeline object) continues exactly as the original w
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,11 @@ from gallery.gallery import Gallery
 from stream_worker.analyze import FaceAnalyzer
 from stream_worker.frames import Frame
 from stream_worker.pipeline import FacePipeline
-from stream_worker.sources import open_source
-
-CLIP = "face_recognition/examples/short_hamilton_clip.mp4"
 
 
 @pytest.fixture(scope="module")
-def clip_frames(faces_dir: Path) -> list[Frame]:
-    return list(open_source("cam", str(faces_dir / CLIP)).frames(threading.Event()))
+def clip_frames(hamilton_frames: list[Frame]) -> list[Frame]:
+    return hamilton_frames
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +46,10 @@ def test_restored_pipeline_continues_exactly(detector, multitask, gallery: Galle
 
     first = FacePipeline(detector, multitask, gallery)
     before = _messages(first, frames[:split])
-    saved = json.loads(json.dumps(first.stream_checkpoint("cam")))
+    saved = json.loads(json.dumps(first.stream_checkpoint("hamilton")))
     assert saved["tracks"] or split == 12 or saved["tracker"]["tracks"], "the split should fall inside live tracks"
     second = FacePipeline(detector, multitask, gallery)
-    second.restore_stream("cam", saved)
+    second.restore_stream("hamilton", saved)
     after = _messages(second, frames[split:])
     assert before + after == whole
     assert any(m.get("type") == "track_identified" for m in whole)
@@ -62,25 +58,25 @@ def test_restored_pipeline_continues_exactly(detector, multitask, gallery: Galle
 def test_closed_checkpoint_never_reuses_track_ids(detector, multitask, clip_frames: list[Frame]) -> None:  # type: ignore[no-untyped-def]
     first = FacePipeline(detector, multitask, None)
     before = _messages(first, clip_frames[:60])
-    closed = json.loads(json.dumps(first.stream_checkpoint("cam", closed=True)))
-    ended, _ = first.end_stream("cam")
+    closed = json.loads(json.dumps(first.stream_checkpoint("hamilton", closed=True)))
+    ended, _ = first.end_stream("hamilton")
     used = {m["track_id"] for m in before if m.get("type") == "track_started"}
     assert used and {e.track_id for e in ended} <= used
 
     second = FacePipeline(detector, multitask, None)
-    second.restore_stream("cam", closed)
+    second.restore_stream("hamilton", closed)
     after = _messages(second, clip_frames[60:120])
     started = {m["track_id"] for m in after if m.get("type") == "track_started"}
     assert started and not started & used, "a fresh start after a revoke must continue the stream's track ids"
     third = FacePipeline(detector, multitask, None)
-    third.restore_stream("cam", closed)
+    third.restore_stream("hamilton", closed)
     with pytest.raises(ValueError, match="frame 10 after frame 59"):  # replayed frames are refused, not re-tracked
         third.process([clip_frames[10]])
 
 
 def test_checkpoint_refuses_other_formats(detector, multitask) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="checkpoint format"):
-        FacePipeline(detector, multitask, None).restore_stream("cam", {"format": "pickle"})
+        FacePipeline(detector, multitask, None).restore_stream("hamilton", {"format": "pickle"})
 
 
 def test_a_checkpoint_too_large_for_a_message_drops_thumbnails_then_is_skipped(  # type: ignore[no-untyped-def]
@@ -91,9 +87,9 @@ def test_a_checkpoint_too_large_for_a_message_drops_thumbnails_then_is_skipped( 
 
     pipeline = FacePipeline(detector, multitask, None)
     _messages(pipeline, clip_frames[:40])
-    state = {"partition": 0, "streams": {"cam": pipeline.stream_checkpoint("cam")}}
+    state = {"partition": 0, "streams": {"hamilton": pipeline.stream_checkpoint("hamilton")}}
     full = len(json.dumps(state).encode())
-    jpegs = sum(len(t["best"]["jpeg"]) for t in state["streams"]["cam"]["tracks"] if t["best"])
+    jpegs = sum(len(t["best"]["jpeg"]) for t in state["streams"]["hamilton"]["tracks"] if t["best"])
     assert jpegs > 2000
 
     def fitted(limit: int) -> bytes | None:
@@ -103,6 +99,6 @@ def test_a_checkpoint_too_large_for_a_message_drops_thumbnails_then_is_skipped( 
     assert fitted(full) == json.dumps(state).encode()  # fits: unchanged
     smaller = fitted(full - 1000)
     assert smaller is not None and len(smaller) < full - jpegs + 100  # the base64 JPEGs are gone
-    restored = json.loads(smaller)["streams"]["cam"]
+    restored = json.loads(smaller)["streams"]["hamilton"]
     assert all(t["best"]["jpeg"] is None for t in restored["tracks"] if t["best"])
     assert fitted(1024) is None

@@ -33,7 +33,6 @@ from stream_worker.kafka_worker import KafkaWorker, KafkaWorkerOptions
 from stream_worker.messages import schema_for
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.pipeline import FacePipeline
-from stream_worker.sources import open_source
 from tests.stream_worker.kafka_broker import TansuBroker, free_port, read_topic
 
 EXAMPLES = "face_recognition/examples"
@@ -49,8 +48,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
 
 
 @pytest.fixture(scope="module")
-def clip_frames(faces_dir: Path) -> list[Frame]:
-    return list(open_source("hamilton", str(faces_dir / CLIP)).frames(threading.Event()))
+def clip_frames(hamilton_frames: list[Frame]) -> list[Frame]:
+    return hamilton_frames
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import threading
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import cv2
@@ -24,14 +22,11 @@ from stream_worker.kafka_wire import (
     parse_frame_message,
 )
 from stream_worker.messages import schema_for
-from stream_worker.sources import open_source
-
-CLIP = "face_recognition/examples/short_hamilton_clip.mp4"
 
 
 @pytest.fixture(scope="module")
-def clip_frames(faces_dir: Path) -> list[Frame]:
-    return list(open_source("cam", str(faces_dir / CLIP)).frames(threading.Event()))[:80]
+def clip_frames(hamilton_frames: list[Frame]) -> list[Frame]:
+    return hamilton_frames[:80]
 
 
 def test_headers_round_trip_and_validate_against_the_schema() -> None:
