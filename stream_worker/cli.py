@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="JSON lines file (default: standard output)")
     run.add_argument("--video-out", type=Path, help="annotated video (one file per stream when several)")
     run.add_argument("--thumbnails", type=Path, help="folder for each track's best shot")
+    run.add_argument("--kafka-out", metavar="HOST:PORT",
+                     help="also publish the results to the Kafka result topics on these brokers (topic names: the "
+                     "'kafka' configuration section)")
     run.add_argument("--config", type=Path, help="YAML configuration (see README, 'Configuration')")
     run.add_argument("--metrics-port", type=int, help="serve /metrics and /health on this port")
     run.add_argument("--control-file", type=Path, help="add/remove streams while running: lines 'add ID URI', 'remove ID'")
@@ -275,6 +278,8 @@ def _worker_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
         overrides.setdefault("gallery", {})["path"] = str(args.gallery)
     if args.metrics_port is not None:
         overrides.setdefault("metrics", {})["port"] = args.metrics_port
+    if getattr(args, "kafka_out", None):
+        overrides.setdefault("kafka", {})["bootstrap_servers"] = args.kafka_out
     return overrides
 
 

@@ -152,7 +152,8 @@ def run_consume(args: argparse.Namespace, overrides: Mapping[str, Any], store: M
                 server.shutdown()
             if gallery is not None:
                 gallery.close()
-    print(json.dumps({"summary": {**stats.to_json(), "dead_letter_reasons": dict(stats.reasons),
+    too_large = worker.publisher.too_large if worker.publisher is not None else 0
+    print(json.dumps({"summary": {**stats.to_json(), "too_large": too_large, "dead_letter_reasons": dict(stats.reasons),
                                   "engine": runtime.describe()}}), file=sys.stderr)
     return 0
 

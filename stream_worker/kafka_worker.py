@@ -49,15 +49,13 @@ from stream_worker.kafka_client import (
     make_producer,
 )
 from stream_worker.kafka_decode import StreamDecoder
+from stream_worker.kafka_publish import KafkaPublisher
 from stream_worker.kafka_wire import (
     JSON_TYPE,
     MalformedMessageError,
     dead_letter_headers,
-    encode_json,
     parse_frame_message,
-    result_headers,
 )
-from stream_worker.messages import RETRACTION_SCHEMA
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.pipeline import FacePipeline, FrameOutput
 from stream_worker.sinks import Sink
@@ -65,8 +63,6 @@ from stream_worker.sinks import Sink
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "facestream.partition-checkpoint/1"
-MAX_LEDGER_IDS = 100_000
-"""Event ids remembered per identity and stream for retractions (oldest forgotten first)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,14 +91,12 @@ class KafkaWorkerStats:
     rebalances: int = 0
     rewinds: int = 0
     retractions: int = 0
-    too_large: int = 0
-    """Result messages above max_message_bytes (logged, not sent)."""
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def to_json(self) -> dict[str, Any]:
         return {"records": self.records, "frames": self.frames, "dead_letters": self.dead_letters,
                 "duplicates": self.duplicates, "checkpoints": self.checkpoints, "rebalances": self.rebalances,
-                "rewinds": self.rewinds, "retractions": self.retractions, "too_large": self.too_large}
+                "rewinds": self.rewinds, "retractions": self.retractions}
 
 
 def _reason_kind(reason: str) -> str:
@@ -197,15 +191,13 @@ class KafkaWorker:
         self.positions: dict[Any, int] = {}
         """Next offset to commit, per owned partition (every record before it is done)."""
         self.decoders: dict[str, StreamDecoder] = {}
-        self.ledger: dict[str, dict[str, collections.deque[str]]] = {}
-        """identity id -> stream -> event ids published carrying it (for retractions)."""
-        self._futures: list[Any] = []
         self._dirty: set[Any] = set()
         """Partitions with input consumed since their last checkpoint."""
         self._last_checkpoint = time.monotonic()
         self._frames_per_record = 1.0
         """Running mean of frames per input message (1 for images, a GOP for video chunks)."""
         self.producer: Any = None
+        self.publisher: Any = None
         self.consumer: Any = None
         self.checkpoints: CheckpointReader | None = None
         self.follower: GalleryFollower | None = None
@@ -217,6 +209,7 @@ class KafkaWorker:
         if cfg.create_topics:
             ensure_topics(cfg)
         self.producer = make_producer(cfg)
+        self.publisher = KafkaPublisher(self.producer, cfg)
         self.checkpoints = CheckpointReader(cfg)
         if cfg.gallery_topic and self.gallery is not None:
             self.follower = GalleryFollower(cfg, self.gallery, self.retract)
@@ -335,7 +328,7 @@ class KafkaWorker:
         if len(value) > limit:  # keep what fits; say so
             headers.append(("fs-dlq-original-bytes", str(len(value)).encode()))
             value = value[:limit]
-        self._send(cfg.dead_letter_topic, record.key, value, headers)
+        self.publisher.send(cfg.dead_letter_topic, record.key, value, headers)
         self.stats.dead_letters += 1
         kind = _reason_kind(reason)
         self.stats.reasons[kind] += 1
@@ -368,34 +361,9 @@ class KafkaWorker:
                 item = queue.popleft()
                 self._process({item.frame.stream_id: collections.deque([item])})
 
-    def _send(self, topic: str, key: bytes | str | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
-        from kafka.errors import MessageSizeTooLargeError
-
-        if isinstance(key, str):
-            key = key.encode()
-        try:
-            self._futures.append(self.producer.send(topic, key=key, value=value, headers=headers))
-        except MessageSizeTooLargeError as exc:  # never crash-loop on one message
-            self.stats.too_large += 1
-            log.error("a %d-byte message for %s (key %r) was not sent: %s", len(value or b""), topic, key, exc)
-
-    def _publish(self, topic: str, message: dict[str, Any]) -> None:
-        self._send(topic, message["stream_id"], encode_json(message), result_headers(message))
-
-    def _remember(self, identity_id: str, stream_id: str, event_id: str) -> None:
-        ids = self.ledger.setdefault(identity_id, {}).setdefault(stream_id, collections.deque(maxlen=MAX_LEDGER_IDS))
-        if not ids or ids[-1] != event_id:
-            ids.append(event_id)
-
     def _emit(self, output: FrameOutput) -> None:
-        cfg = self.config
-        result = output.result.to_json()
         stream = output.frame.stream_id
-        self._publish(cfg.detections_topic, result)
-        for face in result["faces"]:
-            if face["identity"] is not None:
-                self._remember(face["identity"]["id"], stream, result["event_id"])
-        self._publish_events(output.events)
+        self.publisher.frame(output)
         for sink in self.sinks:
             sink.write(output)
         self.stats.frames += 1
@@ -405,28 +373,7 @@ class KafkaWorker:
             self.metrics.tracks.labels(stream).inc(sum(e.type == "track_started" for e in output.events))
             self.metrics.identifications.labels(stream).inc(sum(e.type == "track_identified" for e in output.events))
 
-    def _publish_events(self, events: Sequence[Any]) -> None:
-        for event in events:
-            message = event.to_json()
-            self._publish(self.config.tracks_topic, message)
-            if event.identity is not None:
-                self._remember(event.identity.identity_id, event.stream_id, message["event_id"])
-            if event.type == "track_identified" and event.identity is not None:
-                self._publish(self.config.alerts_topic, message)
-
     # --- checkpoints ------------------------------------------------------------------------------
-
-    def _flush(self) -> bool:
-        """Wait for every result sent so far; False if any could not be delivered."""
-        self.producer.flush(timeout=self.config.delivery_timeout_ms / 1000)
-        failed = [f for f in self._futures if f.failed()]
-        unfinished = [f for f in self._futures if not f.is_done]
-        self._futures = []
-        if failed or unfinished:
-            reason = failed[0].exception if failed else "delivery timed out"
-            log.error("%d results were not delivered (%s)", len(failed) + len(unfinished), reason)
-            return False
-        return True
 
     def _checkpoint_key(self, tp: Any) -> str:
         return f"{self.config.group_id}/{tp.topic}/{tp.partition}"
@@ -444,7 +391,7 @@ class KafkaWorker:
         from kafka.structs import OffsetAndMetadata
 
         self._last_checkpoint = time.monotonic()
-        if not self._flush():
+        if not self.publisher.flush():
             if not in_listener:  # (a revoked partition's next owner resumes from its last checkpoint)
                 self.rewind()
             return False
@@ -469,9 +416,9 @@ class KafkaWorker:
             }
             encoded = self._fitting_checkpoint(state)
             if encoded is not None:
-                self._send(self.config.state_topic, self._checkpoint_key(tp), encoded,
+                self.publisher.send(self.config.state_topic, self._checkpoint_key(tp), encoded,
                            [("content-type", JSON_TYPE.encode())])
-        if not self._flush():
+        if not self.publisher.flush():
             log.warning("checkpoint state not written; the next owner replays from the previous one")
             return False
         self._dirty -= set(offsets)
@@ -531,7 +478,7 @@ class KafkaWorker:
                     self.pipeline.end_stream(sid)  # someone else owns it now: publish nothing
                     continue
                 events, thumbnails = self.pipeline.end_stream(sid)
-                self._publish_events(events)
+                self.publisher.events(events)
                 for sink in self.sinks:
                     sink.write_events(sid, events, thumbnails)
         if not lost:
@@ -574,14 +521,6 @@ class KafkaWorker:
     def retract(self, identity_id: str) -> None:
         """An identity was erased: forget it in live tracks; retract what named it."""
         self.pipeline.forget_identity(identity_id)
-        streams = self.ledger.pop(identity_id, {})
-        for stream_id, event_ids in sorted(streams.items()):
-            message = {
-                "schema": RETRACTION_SCHEMA, "event_id": f"{stream_id}:retraction:{identity_id}:{self.worker_id}",
-                "type": "identity_erased", "stream_id": stream_id, "identity_id": identity_id,
-                "retracted_event_ids": list(event_ids), "retracted_utc": utc_now(),
-            }
-            for topic in (self.config.detections_topic, self.config.tracks_topic, self.config.alerts_topic):
-                self._publish(topic, message)
-            self.stats.retractions += 1
-        log.info("identity %s erased: retracted events on %d streams", identity_id, len(streams))
+        streams = self.publisher.retract(identity_id, self.worker_id)
+        self.stats.retractions += streams
+        log.info("identity %s erased: retracted events on %d streams", identity_id, streams)

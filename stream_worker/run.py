@@ -85,6 +85,15 @@ def run_worker(args: argparse.Namespace, overrides: Mapping[str, Any], store: Mo
             sinks.append(thumbnails)
         if args.video_out:
             sinks.append(VideoSink(args.video_out, several_streams=len(sources) > 1))
+        kafka = None
+        if args.kafka_out:
+            from stream_worker.kafka_client import ensure_topics
+            from stream_worker.kafka_publish import KafkaSink
+
+            if config.kafka.create_topics:
+                ensure_topics(config.kafka)
+            kafka = KafkaSink(config.kafka)
+            sinks.append(kafka)
         pipeline = FacePipeline(
             detector, multitask, gallery, config.pipeline,
             thumbnail_ref=thumbnails.reference if thumbnails else lambda stream, track: None,
@@ -109,4 +118,7 @@ def run_worker(args: argparse.Namespace, overrides: Mapping[str, Any], store: Mo
     report["engine"] = runtime.describe()
     print(json.dumps({"summary": report}), file=sys.stderr)
     failed = [sid for sid, s in summary.streams.items() if s["error"]]
+    if kafka is not None and kafka.undelivered:
+        print("facestream: error: some results could not be delivered to Kafka (see the log)", file=sys.stderr)
+        return 1
     return 1 if failed else 0

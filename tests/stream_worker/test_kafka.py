@@ -513,3 +513,23 @@ def test_produce_and_tail_commands(broker: TansuBroker, faces_dir: Path, tmp_pat
     missing = subprocess.run([sys.executable, "-m", "stream_worker.cli", "tail", "--topic", "no.such.topic"],
                              env=env, capture_output=True, text=True, timeout=60, check=False)
     assert missing.returncode == 2 and "topic no.such.topic does not exist" in missing.stderr
+
+
+def test_run_publishes_a_file_sources_results_to_kafka(broker: TansuBroker, model_store, faces_dir: Path,  # type: ignore[no-untyped-def]
+                                                       tmp_path: Path) -> None:
+    """`facestream run --kafka-out`: the stream worker with the Kafka sink."""
+    env = {**os.environ, "FACESTREAM_HOME": str(model_store.home), "FACESTREAM_AUTO_FETCH": "0",
+           "FACESTREAM__KAFKA__DETECTIONS_TOPIC": "run.detections", "FACESTREAM__KAFKA__TRACKS_TOPIC": "run.tracks",
+           "FACESTREAM__KAFKA__ALERTS_TOPIC": "run.alerts"}
+    done = subprocess.run(
+        [sys.executable, "-m", "stream_worker.cli", "run", "--source", f"clip={faces_dir / CLIP}", "--kafka-out",
+         broker.bootstrap, "--out", str(tmp_path / "results.jsonl")],
+        env=env, capture_output=True, text=True, timeout=180, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    local = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    published = messages(broker, "run.detections") + messages(broker, "run.tracks")
+    assert sorted(m["event_id"] for m in published) == sorted(m["event_id"] for m in local)
+    assert len([m for m in published if m["schema"] == "facestream.frame/1"]) == 275
+    for record in read_topic(broker.bootstrap, "run.tracks"):
+        assert record.key == b"clip" and header_dict(record.headers)["fs-schema"] == "facestream.track/1"
