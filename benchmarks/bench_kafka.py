@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,9 @@ def run_workers(broker: TansuBroker, base: KafkaConfig, name: str, cores: list[i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cameras", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (default %(default)s)")
+    parser.add_argument("--max-poll-records", type=int, default=KafkaConfig().max_poll_records,
+                        help="the workers' kafka.max_poll_records (default %(default)s)")
     parser.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.direct:
@@ -122,7 +126,8 @@ def main() -> None:
         raise SystemExit("needs 2 cores (one per worker)")
     with tempfile.TemporaryDirectory() as tmp, TansuBroker(Path(tmp) / "broker.log") as broker:
         base = KafkaConfig(bootstrap_servers=broker.bootstrap, frames_topic="bench.frames", frames_partitions=4,
-                           session_timeout_ms=6000, heartbeat_interval_ms=1000, max_poll_interval_ms=30000)
+                           session_timeout_ms=6000, heartbeat_interval_ms=1000, max_poll_interval_ms=30000,
+                           max_poll_records=args.max_poll_records)
         ensure_topics(base)
         frames = camera_frames(cameras_on_every_partition(4)[: args.cameras])
         producer = make_producer(base)
@@ -132,19 +137,28 @@ def main() -> None:
         producer.close()
         print(f"published {stats.frames} JPEG frames ({stats.bytes / stats.frames / 1024:.0f} KiB each) "
               f"in {publish_s:.1f} s")
-        out = subprocess.run(["taskset", "-c", "0", sys.executable, __file__, "--direct", "--cameras",
-                              str(args.cameras)], capture_output=True, text=True, check=True)
-        baseline = json.loads(out.stdout.splitlines()[-1])["fps"]
-        one = run_workers(broker, base, "one", [0], Path(tmp))
-        two = run_workers(broker, base, "two", [0, 1], Path(tmp))
-    print(f"{'run':<26}{'frames/s':>10}{'ms/frame':>10}{'broker CPU ms/frame':>21}")
+        runs = []
+        for repeat in range(args.repeats):  # interleaved, so drift on a shared machine hits all three alike
+            out = subprocess.run(["taskset", "-c", "0", sys.executable, __file__, "--direct", "--cameras",
+                                  str(args.cameras)], capture_output=True, text=True, check=True)
+            baseline = json.loads(out.stdout.splitlines()[-1])["fps"]
+            one = run_workers(broker, base, f"one-{repeat}", [0], Path(tmp))
+            two = run_workers(broker, base, f"two-{repeat}", [0, 1], Path(tmp))
+            runs.append((baseline, one, two))
+            print(f"run {repeat + 1}: direct {baseline:.1f}, 1 worker {one['fps']:.1f}, 2 workers {two['fps']:.1f} "
+                  f"frames/s: {two['fps'] / one['fps']:.2f}x", flush=True)
+    print(f"{'run':<26}{'frames/s':>10}{'ms/frame':>10}{'broker CPU ms/frame':>21}   (median of {len(runs)} runs)")
+    baseline = statistics.median(r[0] for r in runs)
     print(f"{'direct pipeline, 1 core':<26}{baseline:>10.1f}{1000 / baseline:>10.2f}{'-':>21}")
-    for label, result in (("1 worker, 1 core", one), ("2 workers, 1 core each", two)):
-        print(f"{label:<26}{result['fps']:>10.1f}{1000 / result['fps']:>10.2f}"
-              f"{result['broker_cpu_ms_per_frame']:>21.2f}")
-    print(f"2 workers vs 1: {two['fps'] / one['fps']:.2f}x (target >= 1.8x); "
-          f"Kafka overhead per frame (1 worker vs direct): {1000 / one['fps'] - 1000 / baseline:.2f} ms; "
-          f"messages {one['messages']} and {two['messages']} for {one['frames']} frames")
+    for label, k in (("1 worker, 1 core", 1), ("2 workers, 1 core each", 2)):
+        fps = statistics.median(r[k]["fps"] for r in runs)
+        broker_ms = statistics.median(r[k]["broker_cpu_ms_per_frame"] for r in runs)
+        print(f"{label:<26}{fps:>10.1f}{1000 / fps:>10.2f}{broker_ms:>21.2f}")
+    ratios = sorted(r[2]["fps"] / r[1]["fps"] for r in runs)
+    overheads = sorted(1000 / r[1]["fps"] - 1000 / r[0] for r in runs)
+    print(f"2 workers vs 1: median {statistics.median(ratios):.2f}x, runs {', '.join(f'{x:.2f}' for x in ratios)} "
+          f"(target >= 1.8x); Kafka overhead per frame (1 worker vs direct): median "
+          f"{statistics.median(overheads):.2f} ms, runs {', '.join(f'{x:.2f}' for x in overheads)}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ class KafkaConfig:
     max_poll_interval_ms: int = 60_000
     """A worker that takes longer than this between polls leaves the group; one poll's
     records (max_poll_records) must be processed well within it."""
-    max_poll_records: int = 16
+    max_poll_records: int = 64
     max_poll_frames: int = 64
     """Frames taken per poll: fewer records when they are video chunks of many frames."""
     max_message_bytes: int = 1_000_000

@@ -30,6 +30,7 @@ Delivery and state:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import threading
@@ -73,6 +74,19 @@ class KafkaWorkerOptions:
     idle_exit_ms: int = 0
     """Stop after this long without input while owning partitions (batch jobs, tests); 0: run
     until stopped."""
+
+
+@dataclass
+class _StreamInput:
+    """A stream's decoder and frame numbering (kept in checkpoints)."""
+
+    decoder: StreamDecoder
+    index_offset: int = 0
+    """Added to the producer's frame indices after it restarted its numbering."""
+    last_capture_ms: int = -1
+
+    def to_json(self) -> dict[str, int]:
+        return {"index_offset": self.index_offset, "last_capture_ms": self.last_capture_ms}
 
 
 @dataclass
@@ -190,7 +204,7 @@ class KafkaWorker:
         self.partition_streams: dict[Any, set[str]] = collections.defaultdict(set)
         self.positions: dict[Any, int] = {}
         """Next offset to commit, per owned partition (every record before it is done)."""
-        self.decoders: dict[str, StreamDecoder] = {}
+        self.inputs: dict[str, _StreamInput] = {}
         self._dirty: set[Any] = set()
         """Partitions with input consumed since their last checkpoint."""
         self._last_checkpoint = time.monotonic()
@@ -296,11 +310,8 @@ class KafkaWorker:
                     raise MalformedMessageError(f"stream {message.stream_id} belongs to partition {other.partition}, "
                                                 f"not {tp.partition} (partition count changed?)")
             self.partition_streams[tp].add(message.stream_id)
-            decoder = self.decoders.get(message.stream_id)
-            if decoder is None:
-                decoder = self.decoders[message.stream_id] = StreamDecoder(message.stream_id,
-                                                                           max_pixels=self.options.max_pixels)
-            frames = decoder.decode(message, record.value)
+            source = self._input(message.stream_id)
+            frames = source.decoder.decode(message, record.value)
         except MalformedMessageError as exc:
             self._dead_letter(record, str(exc))
             return
@@ -312,12 +323,26 @@ class KafkaWorker:
         state = self.pipeline.streams.get(message.stream_id)
         queue = pending[message.stream_id]
         last = queue[-1].frame.index if queue else state.last_frame if state is not None else -1
+        if frames and frames[0].index + source.index_offset <= last and message.capture_ms > source.last_capture_ms:
+            # Older numbers but newer pictures: the producer restarted its numbering (an edge
+            # box rebooted). Continue the stream's numbering rather than drop its frames.
+            source.index_offset = last + 1 - frames[0].index
+            log.warning("stream %s: the producer restarted its frame numbering at %d; continuing at %d",
+                        message.stream_id, frames[0].index, last + 1)
+        source.last_capture_ms = max(source.last_capture_ms, message.capture_ms)
         for frame in frames:
-            if frame.index <= last:
-                self.stats.duplicates += 1  # a producer retry or an overlapping replay
+            index = frame.index + source.index_offset
+            if index <= last:
+                self.stats.duplicates += 1  # a producer's retry: the same message again
                 continue
-            queue.append(_Pending(frame, record))
-            last = frame.index
+            queue.append(_Pending(dataclasses.replace(frame, index=index) if source.index_offset else frame, record))
+            last = index
+
+    def _input(self, stream_id: str) -> _StreamInput:
+        source = self.inputs.get(stream_id)
+        if source is None:
+            source = self.inputs[stream_id] = _StreamInput(StreamDecoder(stream_id, max_pixels=self.options.max_pixels))
+        return source
 
     def _dead_letter(self, record: Any, reason: str) -> None:
         cfg = self.config
@@ -413,11 +438,13 @@ class KafkaWorker:
                 "streams": {sid: states[sid] if states is not None and sid in states
                             else self.pipeline.stream_checkpoint(sid)
                             for sid in sorted(self.partition_streams.get(tp, ()))},
+                "inputs": {sid: self.inputs[sid].to_json() for sid in sorted(self.partition_streams.get(tp, ()))
+                           if sid in self.inputs},
             }
             encoded = self._fitting_checkpoint(state)
             if encoded is not None:
                 self.publisher.send(self.config.state_topic, self._checkpoint_key(tp), encoded,
-                           [("content-type", JSON_TYPE.encode())])
+                                    [("content-type", JSON_TYPE.encode())])
         if not self.publisher.flush():
             log.warning("checkpoint state not written; the next owner replays from the previous one")
             return False
@@ -456,7 +483,7 @@ class KafkaWorker:
         for tp in owned:
             for sid in self.partition_streams.pop(tp, set()):
                 self.pipeline.end_stream(sid)  # discard: the checkpoint restores it
-                self.decoders.pop(sid, None)
+                self.inputs.pop(sid, None)
             self.positions.pop(tp, None)
             self._dirty.discard(tp)
         self.assign(owned, rewinding=True)
@@ -485,7 +512,7 @@ class KafkaWorker:
             self.checkpoint(partitions, states=closed, in_listener=in_listener)
         for tp in partitions:
             for sid in self.partition_streams.pop(tp, set()):
-                self.decoders.pop(sid, None)
+                self.inputs.pop(sid, None)
                 self.pipeline.streams.pop(sid, None)
             self.positions.pop(tp, None)
             self.owned.discard(tp)
@@ -511,6 +538,10 @@ class KafkaWorker:
                 if state is not None:
                     self.pipeline.restore_stream(sid, state)
                     self.partition_streams[tp].add(sid)
+            for sid, numbering in saved.get("inputs", {}).items():
+                source = self._input(sid)
+                source.index_offset, source.last_capture_ms = numbering["index_offset"], numbering["last_capture_ms"]
+                self.partition_streams[tp].add(sid)
             self.positions[tp] = int(saved["offset"])
             self.consumer.seek(tp, int(saved["offset"]))
             log.info("partition %d: resumed at offset %d with %d streams (checkpoint by %s)", tp.partition,

@@ -533,3 +533,24 @@ def test_run_publishes_a_file_sources_results_to_kafka(broker: TansuBroker, mode
     assert len([m for m in published if m["schema"] == "facestream.frame/1"]) == 275
     for record in read_topic(broker.bootstrap, "run.tracks"):
         assert record.key == b"clip" and header_dict(record.headers)["fs-schema"] == "facestream.track/1"
+
+
+def test_a_restarted_producer_continues_the_numbering_and_retries_are_dropped(  # type: ignore[no-untyped-def]
+    broker: TansuBroker, detector, multitask, clip_frames: list[Frame],
+) -> None:
+    import dataclasses
+    from datetime import timedelta
+
+    config = kafka_config(broker, "restart", gallery_topic="")
+    ensure_topics(config)
+    first = clip_frames[:40]
+    publish(config, first)
+    publish(config, first[30:])  # a producer's retry: the same messages again
+    later = first[0].received + timedelta(minutes=5)  # the edge box rebooted: numbering from 0, newer pictures
+    publish(config, [dataclasses.replace(f, index=f.index - 40, received=later + timedelta(milliseconds=33 * k))
+                     for k, f in enumerate(clip_frames[40:80])])
+    stats = run_in_process(config, detector, multitask, None)
+    assert (stats.frames, stats.duplicates, stats.dead_letters) == (80, 10, 0)
+    frames = messages(broker, config.detections_topic)
+    assert sorted(m["frame_index"] for m in frames) == list(range(80))
+    assert len({m["event_id"] for m in frames}) == 80
