@@ -143,6 +143,7 @@ def run_consume(args: argparse.Namespace, overrides: Mapping[str, Any], store: M
         server = None
         if config.metrics.port:
             server = serve(metrics, lambda: {"status": "ok", "partitions": sorted(tp.partition for tp in worker.owned),
+                                             "lag": dict(worker.last_lag),
                                              **worker.stats.to_json(), "engine": runtime.describe()},
                            config.metrics.host, config.metrics.port)
         try:

@@ -208,6 +208,8 @@ class KafkaWorker:
         self._dirty: set[Any] = set()
         """Partitions with input consumed since their last checkpoint."""
         self._last_checkpoint = time.monotonic()
+        self.last_lag: dict[int, int] = {}
+        """Partition -> messages behind, as of the last poll (for /health)."""
         self._frames_per_record = 1.0
         """Running mean of frames per input message (1 for images, a GOP for video chunks)."""
         self.producer: Any = None
@@ -247,6 +249,7 @@ class KafkaWorker:
                     idle_since = time.monotonic()
                 if batch:
                     self._handle(batch)
+                    self._report_lag()
                 elif self.options.idle_exit_ms and time.monotonic() - idle_since > self.options.idle_exit_ms / 1000:
                     log.info("no input for %d ms: stopping", self.options.idle_exit_ms)
                     break
@@ -256,6 +259,21 @@ class KafkaWorker:
         finally:
             self.close()
         return self.stats
+
+    def lag(self) -> dict[int, int]:
+        """Messages behind the newest, per owned partition (where the consumer knows)."""
+        out = {}
+        for tp in self.owned:
+            high, position = self.consumer.highwater(tp), self.positions.get(tp)
+            if high is not None and position is not None:
+                out[tp.partition] = max(0, high - position)
+        return out
+
+    def _report_lag(self) -> None:
+        self.last_lag = self.lag()
+        if self.metrics is not None:
+            for partition, behind in self.last_lag.items():
+                self.metrics.lag.labels(str(partition)).set(behind)
 
     def _max_records(self) -> int:
         """Records for the next poll: ``max_poll_frames`` frames (a video chunk holds many),
@@ -517,6 +535,12 @@ class KafkaWorker:
             self.positions.pop(tp, None)
             self.owned.discard(tp)
             self._dirty.discard(tp)
+            self.last_lag.pop(tp.partition, None)
+            if self.metrics is not None:
+                try:
+                    self.metrics.lag.remove(str(tp.partition))
+                except KeyError:  # never reported
+                    pass
         log.info("partitions %s %s", sorted(tp.partition for tp in partitions), "lost" if lost else "revoked")
 
     def assign(self, partitions: list[Any], *, rewinding: bool = False) -> None:

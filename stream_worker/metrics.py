@@ -50,6 +50,8 @@ class WorkerMetrics:
         self.checkpoints = Counter("facestream_kafka_checkpoints", "Offsets committed with their pipeline state",
                                    registry=r)
         self.rebalances = Counter("facestream_kafka_rebalances", "Partitions revoked or lost", registry=r)
+        self.lag = Gauge("facestream_kafka_lag_messages", "Input messages not yet processed, per owned partition "
+                         "(scale the group on this)", ["partition"], registry=r)
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))

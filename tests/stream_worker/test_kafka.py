@@ -392,6 +392,12 @@ def test_two_workers_share_cameras_and_one_takes_over_when_the_other_is_killed( 
         counts = frame_ids(broker, config.detections_topic)
         assert counts == collections.Counter(expected), "a frame was processed twice in one generation"
         assert a.health()["frames"] > 0 and b.health()["frames"] > 0
+        for worker in (a, b):  # caught up: no lag on any owned partition, in /health and in /metrics
+            health = worker.health()
+            assert health["lag"] and {int(p) for p in health["lag"]} <= set(health["partitions"])
+            assert set(health["lag"].values()) == {0}
+            with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=2) as response:
+                assert "facestream_kafka_lag_messages{partition=" in response.read().decode()
 
         b.kill()
         wait_for(lambda: set(a.health()["partitions"]) == {0, 1, 2, 3}, 60, "worker A to take over", a)
