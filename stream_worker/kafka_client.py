@@ -58,6 +58,9 @@ class KafkaConfig:
     delivery_timeout_ms: int = 300_000
     """How long the producer retries a result through a broker outage before the worker
     rewinds to its last checkpoint and processes the frames again."""
+    checkpoint_interval_ms: int = 1_000
+    """How often results are flushed, offsets committed and pipeline state checkpointed:
+    the most a take-over replays."""
     create_topics: bool = True
     """Create missing topics at start-up (compacted ones compacted)."""
     frames_partitions: int = 4
@@ -72,8 +75,10 @@ class KafkaConfig:
             raise ConfigError("kafka.bootstrap_servers is empty")
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ConfigError("kafka: heartbeat_interval_ms must be at most a third of session_timeout_ms")
-        if min(self.max_poll_records, self.max_poll_frames, self.frames_partitions) < 1 or self.max_message_bytes < 1024:
-            raise ConfigError("kafka: max_poll_records, max_poll_frames and frames_partitions must be >= 1, "
+        if min(self.max_poll_records, self.max_poll_frames, self.frames_partitions, self.checkpoint_interval_ms) < 1 \
+                or self.max_message_bytes < 1024:
+            raise ConfigError("kafka: max_poll_records, max_poll_frames, frames_partitions and checkpoint_interval_ms "
+                              "must be >= 1, "
                               "max_message_bytes >= 1024")
         if self.request_timeout_ms > self.delivery_timeout_ms:
             raise ConfigError("kafka: request_timeout_ms must not exceed delivery_timeout_ms")

@@ -68,7 +68,6 @@ CHECKPOINT_FORMAT = "facestream.partition-checkpoint/1"
 
 @dataclass(frozen=True, kw_only=True)
 class KafkaWorkerOptions:
-    checkpoint_interval_ms: int = 1_000
     max_pixels: int = 40_000_000
     """Decoded frames above this many pixels are dead letters."""
     idle_exit_ms: int = 0
@@ -253,7 +252,7 @@ class KafkaWorker:
                 elif self.options.idle_exit_ms and time.monotonic() - idle_since > self.options.idle_exit_ms / 1000:
                     log.info("no input for %d ms: stopping", self.options.idle_exit_ms)
                     break
-                due = time.monotonic() - self._last_checkpoint >= self.options.checkpoint_interval_ms / 1000
+                due = time.monotonic() - self._last_checkpoint >= self.config.checkpoint_interval_ms / 1000
                 if due and self._dirty:
                     self.checkpoint(sorted(self._dirty & self.owned))
         finally:
