@@ -95,6 +95,14 @@ def run_gallery(args: argparse.Namespace, analyzer: AnalyzerFactory) -> int:
 
         kafka = KafkaConfig(bootstrap_servers=args.publish, gallery_topic=args.changelog_topic)
         publisher = GalleryPublisher(make_producer(kafka), kafka.gallery_topic)
+    try:
+        return _run_gallery(args, command, analyzer, publisher)
+    finally:
+        if publisher is not None:
+            publisher.producer.close()
+
+
+def _run_gallery(args: argparse.Namespace, command: str, analyzer: AnalyzerFactory, publisher: Any) -> int:
     with Gallery(args.db, create=command in ("enrol", "import", "calibrate")) as gallery:
         if command == "enrol":
             status = _enrol(args, gallery, analyzer(args))

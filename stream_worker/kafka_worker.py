@@ -557,18 +557,32 @@ class KafkaWorker:
                         self.consumer.seek(tp, committed)
                 log.info("partition %d: no checkpoint; starting at the committed offset", tp.partition)
                 continue
-            for sid, state in saved["streams"].items():
-                if state is not None:
-                    self.pipeline.restore_stream(sid, state)
-                    self.partition_streams[tp].add(sid)
-            for sid, numbering in saved.get("inputs", {}).items():
-                source = self._input(sid)
-                source.index_offset, source.last_capture_ms = numbering["index_offset"], numbering["last_capture_ms"]
-                self.partition_streams[tp].add(sid)
-            self.positions[tp] = int(saved["offset"])
-            self.consumer.seek(tp, int(saved["offset"]))
+            try:
+                offset = self._restore(tp, saved)
+            except (ValueError, KeyError, TypeError) as exc:  # damaged, or written by an incompatible version
+                log.error("partition %d: the checkpoint cannot be restored (%s: %s); starting fresh at the committed "
+                          "offset (track ids may repeat)", tp.partition, type(exc).__name__, exc)
+                for sid in self.partition_streams.pop(tp, set()):
+                    self.pipeline.streams.pop(sid, None)
+                    self.inputs.pop(sid, None)
+                continue
+            self.positions[tp] = offset
+            self.consumer.seek(tp, offset)
             log.info("partition %d: resumed at offset %d with %d streams (checkpoint by %s)", tp.partition,
                      saved["offset"], len(saved["streams"]), saved["worker"])
+
+    def _restore(self, tp: Any, saved: dict[str, Any]) -> int:
+        """Restore a partition's streams from its checkpoint; returns the offset to resume at."""
+        offset = int(saved["offset"])
+        for sid, state in saved["streams"].items():
+            self.partition_streams[tp].add(sid)
+            if state is not None:
+                self.pipeline.restore_stream(sid, state)
+        for sid, numbering in saved.get("inputs", {}).items():
+            self.partition_streams[tp].add(sid)
+            source = self._input(sid)
+            source.index_offset, source.last_capture_ms = int(numbering["index_offset"]), int(numbering["last_capture_ms"])
+        return offset
 
     # --- gallery erasure --------------------------------------------------------------------------
 

@@ -560,3 +560,28 @@ def test_a_restarted_producer_continues_the_numbering_and_retries_are_dropped(  
     frames = messages(broker, config.detections_topic)
     assert sorted(m["frame_index"] for m in frames) == list(range(80))
     assert len({m["event_id"] for m in frames}) == 80
+
+
+def test_a_damaged_checkpoint_is_reported_and_the_partition_starts_fresh(  # type: ignore[no-untyped-def]
+    broker: TansuBroker, detector, multitask, clip_frames: list[Frame], caplog: pytest.LogCaptureFixture,
+) -> None:
+    from kafka.partitioner.default import murmur2
+
+    from stream_worker.kafka_worker import CHECKPOINT_FORMAT
+
+    config = kafka_config(broker, "damaged", gallery_topic="")
+    ensure_topics(config)
+    publish(config, clip_frames[:20])
+    partition = (murmur2(b"hamilton") & 0x7FFFFFFF) % config.frames_partitions
+    damaged = {"format": CHECKPOINT_FORMAT, "topic": config.frames_topic, "partition": partition, "offset": 5,
+               "worker": "old", "streams": {"hamilton": {"format": "facestream.stream-state/1", "last_frame": "x"}}}
+    producer = make_producer(config)
+    producer.send(config.state_topic, key=f"{config.group_id}/{config.frames_topic}/{partition}".encode(),
+                  value=json.dumps(damaged).encode())
+    producer.flush()
+    producer.close()
+    with caplog.at_level("ERROR", logger="stream_worker.kafka_worker"):
+        stats = run_in_process(config, detector, multitask, None)
+    assert "the checkpoint cannot be restored" in caplog.text
+    assert stats.frames == 20
+    assert sorted(m["frame_index"] for m in messages(broker, config.detections_topic)) == list(range(20))
