@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from stream_worker.frames import Frame
+from stream_worker.kafka_client import KafkaUnavailableError
 from stream_worker.kafka_wire import FrameMessage
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,10 @@ def publish_frames(
     chunker: H264Chunker | None = None
     started = time.monotonic()
 
+    futures = []
+
     def send(message: FrameMessage, payload: bytes, count: int) -> None:
-        producer.send(topic, key=message.stream_id.encode(), value=payload, headers=message.headers())
+        futures.append(producer.send(topic, key=message.stream_id.encode(), value=payload, headers=message.headers()))
         stats.frames += count
         stats.messages += 1
         stats.bytes += len(payload)
@@ -137,4 +140,8 @@ def publish_frames(
         for chunk_frames, payload in chunker.finish():
             send_chunk(chunk_frames, payload)
     producer.flush()
+    failed = [f for f in futures if not f.succeeded()]
+    if failed:
+        reason = failed[0].exception or "not acknowledged"
+        raise KafkaUnavailableError(f"{len(failed)} of {len(futures)} messages were not published to {topic}: {reason}")
     return stats
