@@ -102,3 +102,23 @@ def test_a_checkpoint_too_large_for_a_message_drops_thumbnails_then_is_skipped( 
     restored = json.loads(smaller)["streams"]["hamilton"]
     assert all(t["best"]["jpeg"] is None for t in restored["tracks"] if t["best"])
     assert fitted(1024) is None
+
+
+def test_results_do_not_depend_on_how_streams_are_batched(detector, multitask, gallery: Gallery,  # type: ignore[no-untyped-def]
+                                                          clip_frames: list[Frame]) -> None:
+    """A replay after a take-over may batch a partition's cameras differently than the first
+    run did; its messages must still be identical (the models are batch-invariant)."""
+    import dataclasses
+
+    cameras = [[dataclasses.replace(f, stream_id=f"cam{c}") for f in clip_frames[40 * c: 40 * c + 40]] for c in range(3)]
+    alone = [m for frames in cameras for m in _messages(FacePipeline(detector, multitask, gallery), frames)]
+    together = FacePipeline(detector, multitask, gallery)
+    batched = []
+    for step in zip(*cameras):
+        for output in together.process(list(step)):
+            batched += [output.result.to_json(), *(e.to_json() for e in output.events)]
+    def by_event(messages: list[dict]) -> list[dict]:  # type: ignore[type-arg]
+        return sorted(messages, key=lambda m: m["event_id"])
+
+    assert by_event(batched) == by_event(alone)
+    assert sum(len(m.get("faces", ())) for m in alone) > 60
