@@ -138,13 +138,15 @@ class Gallery:
             log.info("gallery %s was changed by another process; reloading its index", self.path)
             self._load_index()
 
-    def _wrote(self) -> None:
-        """After this object's own write: in step, unless someone else wrote just before it."""
+    def _wrote(self) -> bool:
+        """After this object's own write: in step, unless someone else wrote just before it;
+        then the index is rebuilt from the database (True)."""
         before, after = self.store.last_write
         if before != self._seen_generation:
             self._load_index()
-        else:
-            self._seen_generation = after
+            return True
+        self._seen_generation = after
+        return False
 
     def save(self) -> None:
         """Write the index cache if the gallery changed since it was last written."""
@@ -225,12 +227,9 @@ class Gallery:
                 image_sha256=[hashes[i] for i in keep], quality=[qualities[i] for i in keep],
                 create=True, name=name, metadata=metadata,
             )
-            before, _ = self.store.last_write
             self._names[identity_id] = self.store.identity(identity_id).name
-            if before != self._seen_generation:  # someone else wrote first: rebuild from the database
-                self._load_index()
+            if self._wrote():  # rebuilt from the database, these templates included
                 return ids
-            self._seen_generation = self.store.last_write[1]
             id_array = np.asarray(ids, np.int64)
             self._index.add(id_array, vectors[keep])
             self._tids = np.concatenate([self._tids, id_array])

@@ -27,7 +27,7 @@ import numpy as np
 
 from gallery.gallery import Gallery
 from gallery.store import utc_now
-from stream_worker.kafka_client import KafkaConfig, make_consumer
+from stream_worker.kafka_client import KafkaConfig, TopicReader
 
 log = logging.getLogger(__name__)
 
@@ -90,39 +90,28 @@ class GalleryFollower:
     """Replays the changelog into a local gallery and follows it (call :meth:`poll`)."""
 
     def __init__(self, config: KafkaConfig, gallery: Gallery, on_erasure: Callable[[str], None]) -> None:
-        from kafka import TopicPartition
 
         self.gallery = gallery
         self.on_erasure = on_erasure
-        self.consumer = make_consumer(config, group=False)
-        partitions = self.consumer.partitions_for_topic(config.gallery_topic) or {0}
-        self.partitions = [TopicPartition(config.gallery_topic, p) for p in sorted(partitions)]
-        self.consumer.assign(self.partitions)
-        self.consumer.seek_to_beginning(*self.partitions)
+        self.reader = TopicReader(config, config.gallery_topic)
         self.applied = 0
 
     def catch_up(self, timeout_s: float = 60.0) -> int:
         """Apply everything published so far; returns records applied."""
-        import time
-
-        end = self.consumer.end_offsets(self.partitions)
-        deadline = time.monotonic() + timeout_s
-        before = self.applied
-        while any(self.consumer.position(tp) < end[tp] for tp in self.partitions):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"gallery changelog: not caught up after {timeout_s} s")
-            self.poll(timeout_ms=500)
-        return self.applied - before
+        return self._apply_all(self.reader.read_to_end(timeout_s))
 
     def poll(self, timeout_ms: int = 0) -> int:
+        """Apply what arrived since the last call; returns records applied."""
+        return self._apply_all(self.reader.poll(timeout_ms))
+
+    def _apply_all(self, records: list[Any]) -> int:
         applied = 0
-        for records in self.consumer.poll(timeout_ms=timeout_ms).values():
-            for record in records:
-                try:
-                    self._apply(record.key.decode() if record.key else "", record.value)
-                    applied += 1
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.error("gallery changelog offset %d: skipped a malformed record: %s", record.offset, exc)
+        for record in records:
+            try:
+                self._apply(record.key.decode() if record.key else "", record.value)
+                applied += 1
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("gallery changelog offset %d: skipped a malformed record: %s", record.offset, exc)
         self.applied += applied
         return applied
 
@@ -146,4 +135,4 @@ class GalleryFollower:
         log.info("gallery changelog: %s enrolled (%d new templates)", key, added)
 
     def close(self) -> None:
-        self.consumer.close()
+        self.reader.close()

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
-import signal
+import os
 import sys
 import tempfile
 import threading
@@ -17,13 +16,9 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from engines.device import Device
 from engines.errors import ConfigError
 from engines.model_store import ModelStore
-from engines.mtcnn import MTCNNDetector
-from engines.multitask import MultiTaskNet
 from engines.runtime import EngineRuntime
-from gallery.gallery import Gallery
 from stream_worker.config import as_dict, load_config
 from stream_worker.gallery_cli import BOOTSTRAP_ENV
 from stream_worker.kafka_client import (
@@ -37,7 +32,7 @@ from stream_worker.kafka_wire import SCHEMA, header_dict
 from stream_worker.kafka_worker import KafkaWorker, KafkaWorkerOptions
 from stream_worker.messages import schema_for
 from stream_worker.metrics import WorkerMetrics, serve
-from stream_worker.pipeline import FacePipeline
+from stream_worker.run import build_pipeline, parse_sources, stop_on_signals
 from stream_worker.sinks import Sink, ThumbnailSink
 from stream_worker.sources import open_source
 
@@ -91,25 +86,14 @@ def add_kafka_parsers(commands: Any, add_store_options: Callable[[argparse.Argum
 
 
 def _bootstrap(args: argparse.Namespace) -> str:
-    import os
-
     value = args.bootstrap or os.environ.get(BOOTSTRAP_ENV)
     if not value:
         raise ConfigError(f"name the brokers with --bootstrap HOST:PORT (or {BOOTSTRAP_ENV})")
     return str(value)
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
-
-
 def run_consume(args: argparse.Namespace, overrides: Mapping[str, Any], store: ModelStore) -> int:
     overrides = dict(overrides)
-    import os
-
     kafka: dict[str, Any] = {}
     if args.bootstrap or os.environ.get(BOOTSTRAP_ENV):  # else: the file, FACESTREAM__KAFKA__..., the default
         kafka["bootstrap_servers"] = _bootstrap(args)
@@ -122,21 +106,13 @@ def run_consume(args: argparse.Namespace, overrides: Mapping[str, Any], store: M
     if args.print_config:
         print(json.dumps(as_dict(config), indent=2))
         return 0
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     with EngineRuntime(config.runtime) as runtime, tempfile.TemporaryDirectory(prefix="facestream-gallery-") as tmp:
-        detector = MTCNNDetector.create(config.detector, runtime=runtime, store=store)
-        multitask = MultiTaskNet.create(runtime=runtime, store=store)
-        path = config.gallery.path or (Path(tmp) / "gallery.db" if config.kafka.gallery_topic else None)
-        gallery = None
-        if path is not None:
-            index = dataclasses.replace(config.gallery.index, use_gpu=runtime.plan.device is Device.CUDA)
-            gallery = Gallery(path, index=index, threshold=config.gallery.threshold)
-        sinks: list[Sink] = []
         thumbnails = ThumbnailSink(args.thumbnails) if args.thumbnails else None
-        if thumbnails is not None:
-            sinks.append(thumbnails)
-        pipeline = FacePipeline(detector, multitask, gallery, config.pipeline,
-                                thumbnail_ref=thumbnails.reference if thumbnails else lambda stream, track: None)
+        path = config.gallery.path or (Path(tmp) / "gallery.db" if config.kafka.gallery_topic else None)
+        pipeline, gallery = build_pipeline(config, runtime, store, gallery_path=path, create_gallery=True,
+                                           thumbnails=thumbnails)
+        sinks: list[Sink] = [thumbnails] if thumbnails is not None else []
         metrics = WorkerMetrics()
         options = KafkaWorkerOptions(idle_exit_ms=args.idle_exit_ms, max_pixels=config.detector.max_image_pixels)
         worker = KafkaWorker(pipeline, config.kafka, options, gallery=gallery, metrics=metrics, sinks=sinks)
@@ -172,13 +148,11 @@ def video_fps(uri: str, default: float = 25.0) -> float:
 
 
 def run_produce(args: argparse.Namespace) -> int:
-    from stream_worker.run import parse_sources
-
     [(stream_id, uri)] = parse_sources([args.source])
     config = KafkaConfig(bootstrap_servers=_bootstrap(args), frames_topic=args.topic)
     ensure_topics(config)
     source = open_source(stream_id, uri)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     producer = make_producer(config)
     fps = video_fps(uri)
     with tqdm(unit="frame", desc=f"publishing {stream_id}", disable=None, file=sys.stderr) as bar:
@@ -272,5 +246,5 @@ def _validate(record: Any, validators: dict[str, Any], jsonschema: Any) -> str |
 def run_tail(args: argparse.Namespace) -> int:
     config = KafkaConfig(bootstrap_servers=_bootstrap(args))
     _, invalid = tail_topic(config, args.topic, sys.stdout, from_start=not args.new, idle_exit_ms=args.idle_exit_ms,
-                            max_messages=args.max_messages, stop=_stop_on_signals())
+                            max_messages=args.max_messages, stop=stop_on_signals())
     return 1 if invalid else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,3 +175,36 @@ def ensure_topics(config: KafkaConfig) -> None:
             log.info("created topics %s", [t.name for t in missing])
     finally:
         admin.close()
+
+
+class TopicReader:
+    """Reads a whole topic from its beginning, outside any group (compacted topics: the
+    gallery changelog, the checkpoints), then follows it."""
+
+    def __init__(self, config: KafkaConfig, topic: str) -> None:
+        from kafka import TopicPartition
+
+        self.topic = topic
+        self.consumer = make_consumer(config, group=False)
+        partitions = self.consumer.partitions_for_topic(topic) or {0}
+        self.partitions = [TopicPartition(topic, p) for p in sorted(partitions)]
+        self.consumer.assign(self.partitions)
+        self.consumer.seek_to_beginning(*self.partitions)
+
+    def poll(self, timeout_ms: int = 0) -> list[Any]:
+        """The records that arrived since the last call (waiting up to ``timeout_ms``)."""
+        return [r for records in self.consumer.poll(timeout_ms=timeout_ms).values() for r in records]
+
+    def read_to_end(self, timeout_s: float) -> list[Any]:
+        """Every record up to the topic's end as of now."""
+        end = self.consumer.end_offsets(self.partitions)
+        deadline = time.monotonic() + timeout_s
+        records: list[Any] = []
+        while any(self.consumer.position(tp) < end[tp] for tp in self.partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.topic}: not read to its end after {timeout_s} s")
+            records += self.poll(timeout_ms=500)
+        return records
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -45,6 +45,7 @@ from stream_worker.frames import Frame
 from stream_worker.gallery_changelog import GalleryFollower
 from stream_worker.kafka_client import (
     KafkaConfig,
+    TopicReader,
     ensure_topics,
     make_consumer,
     make_producer,
@@ -147,37 +148,25 @@ class CheckpointReader:
     """The latest checkpoint per partition, read from the compacted state topic."""
 
     def __init__(self, config: KafkaConfig) -> None:
-        from kafka import TopicPartition
-
-        self.consumer = make_consumer(config, group=False)
-        partitions = self.consumer.partitions_for_topic(config.state_topic) or {0}
-        self.partitions = [TopicPartition(config.state_topic, p) for p in sorted(partitions)]
-        self.consumer.assign(self.partitions)
-        self.consumer.seek_to_beginning(*self.partitions)
+        self.reader = TopicReader(config, config.state_topic)
         self.latest: dict[str, dict[str, Any]] = {}
 
     def refresh(self, timeout_s: float = 30.0) -> None:
-        end = self.consumer.end_offsets(self.partitions)
-        deadline = time.monotonic() + timeout_s
-        while any(self.consumer.position(tp) < end[tp] for tp in self.partitions):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"state topic: not read to its end after {timeout_s} s")
-            for records in self.consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    key = record.key.decode() if record.key else ""
-                    if record.value is None:
-                        self.latest.pop(key, None)
-                        continue
-                    try:
-                        value = json.loads(record.value)
-                    except ValueError:
-                        log.error("state topic offset %d: not JSON; ignored", record.offset)
-                        continue
-                    if value.get("format") == CHECKPOINT_FORMAT:
-                        self.latest[key] = value
+        for record in self.reader.read_to_end(timeout_s):
+            key = record.key.decode() if record.key else ""
+            if record.value is None:
+                self.latest.pop(key, None)
+                continue
+            try:
+                value = json.loads(record.value)
+            except ValueError:
+                log.error("state topic offset %d: not JSON; ignored", record.offset)
+                continue
+            if value.get("format") == CHECKPOINT_FORMAT:
+                self.latest[key] = value
 
     def close(self) -> None:
-        self.consumer.close()
+        self.reader.close()
 
 
 class KafkaWorker:
@@ -404,16 +393,12 @@ class KafkaWorker:
                 self._process({item.frame.stream_id: collections.deque([item])})
 
     def _emit(self, output: FrameOutput) -> None:
-        stream = output.frame.stream_id
         self.publisher.frame(output)
         for sink in self.sinks:
             sink.write(output)
         self.stats.frames += 1
         if self.metrics is not None:
-            self.metrics.frames_processed.labels(stream).inc()
-            self.metrics.faces.labels(stream).inc(len(output.result.faces))
-            self.metrics.tracks.labels(stream).inc(sum(e.type == "track_started" for e in output.events))
-            self.metrics.identifications.labels(stream).inc(sum(e.type == "track_identified" for e in output.events))
+            self.metrics.count_output(output)
 
     # --- checkpoints ------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,6 +22,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from stream_worker.pipeline import FrameOutput
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,14 @@ class WorkerMetrics:
         self.rebalances = Counter("facestream_kafka_rebalances", "Partitions revoked or lost", registry=r)
         self.lag = Gauge("facestream_kafka_lag_messages", "Input messages not yet processed, per owned partition "
                          "(scale the group on this)", ["partition"], registry=r)
+
+    def count_output(self, output: FrameOutput) -> None:
+        """One processed frame: its faces, the tracks it confirmed and identified."""
+        stream = output.frame.stream_id
+        self.frames_processed.labels(stream).inc()
+        self.faces.labels(stream).inc(len(output.result.faces))
+        self.tracks.labels(stream).inc(sum(e.type == "track_started" for e in output.events))
+        self.identifications.labels(stream).inc(sum(e.type == "track_identified" for e in output.events))
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))

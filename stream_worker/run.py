@@ -22,7 +22,7 @@ from engines.mtcnn import MTCNNDetector
 from engines.multitask import MultiTaskNet
 from engines.runtime import EngineRuntime
 from gallery.gallery import Gallery
-from stream_worker.config import as_dict, load_config
+from stream_worker.config import WorkerConfig, as_dict, load_config
 from stream_worker.metrics import WorkerMetrics, serve
 from stream_worker.pipeline import FacePipeline
 from stream_worker.sinks import JsonLinesSink, Sink, ThumbnailSink, VideoSink
@@ -63,24 +63,42 @@ def known_frames(uri: str) -> int | None:
     return int(frames) or None
 
 
+def stop_on_signals() -> threading.Event:
+    """An event that SIGINT and SIGTERM set (finish cleanly: end tracks, flush, commit)."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def build_pipeline(
+    config: WorkerConfig, runtime: EngineRuntime, store: ModelStore, *, gallery_path: Path | None,
+    create_gallery: bool, thumbnails: ThumbnailSink | None,
+) -> tuple[FacePipeline, Gallery | None]:
+    """The models, the gallery (its index on the engine's device) and the pipeline."""
+    detector = MTCNNDetector.create(config.detector, runtime=runtime, store=store)
+    multitask = MultiTaskNet.create(runtime=runtime, store=store)
+    gallery = None
+    if gallery_path is not None:
+        index = dataclasses.replace(config.gallery.index, use_gpu=runtime.plan.device is Device.CUDA)
+        gallery = Gallery(gallery_path, index=index, threshold=config.gallery.threshold, create=create_gallery)
+    pipeline = FacePipeline(detector, multitask, gallery, config.pipeline,
+                            thumbnail_ref=thumbnails.reference if thumbnails else lambda stream, track: None)
+    return pipeline, gallery
+
+
 def run_worker(args: argparse.Namespace, overrides: Mapping[str, Any], store: ModelStore) -> int:
     config = load_config(args.config, overrides=overrides)
     if args.print_config:
         print(json.dumps(as_dict(config), indent=2))
         return 0
     sources = parse_sources(args.source)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     with EngineRuntime(config.runtime) as runtime:
-        detector = MTCNNDetector.create(config.detector, runtime=runtime, store=store)
-        multitask = MultiTaskNet.create(runtime=runtime, store=store)
-        gallery = None
-        if config.gallery.path is not None:
-            index = dataclasses.replace(config.gallery.index, use_gpu=runtime.plan.device is Device.CUDA)
-            gallery = Gallery(config.gallery.path, index=index, threshold=config.gallery.threshold, create=False)
-        sinks: list[Sink] = [JsonLinesSink(args.out)]
         thumbnails = ThumbnailSink(args.thumbnails) if args.thumbnails else None
+        pipeline, gallery = build_pipeline(config, runtime, store, gallery_path=config.gallery.path,
+                                           create_gallery=False, thumbnails=thumbnails)
+        sinks: list[Sink] = [JsonLinesSink(args.out)]
         if thumbnails is not None:
             sinks.append(thumbnails)
         if args.video_out:
@@ -94,10 +112,6 @@ def run_worker(args: argparse.Namespace, overrides: Mapping[str, Any], store: Mo
                 ensure_topics(config.kafka)
             kafka = KafkaSink(config.kafka)
             sinks.append(kafka)
-        pipeline = FacePipeline(
-            detector, multitask, gallery, config.pipeline,
-            thumbnail_ref=thumbnails.reference if thumbnails else lambda stream, track: None,
-        )
         metrics = WorkerMetrics()
         worker = Worker(pipeline, sinks, config.stream, metrics=metrics)
         server = None

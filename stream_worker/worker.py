@@ -259,11 +259,7 @@ class Worker:
                 elif event.type == "track_identified" and event.identity is not None:
                     self._identities.add(event.identity.name)
             if self.metrics is not None:
-                stream = output.frame.stream_id
-                self.metrics.frames_processed.labels(stream).inc()
-                self.metrics.faces.labels(stream).inc(len(output.result.faces))
-                self.metrics.tracks.labels(stream).inc(sum(e.type == "track_started" for e in output.events))
-                self.metrics.identifications.labels(stream).inc(sum(e.type == "track_identified" for e in output.events))
+                self.metrics.count_output(output)
         if self.metrics is not None:
             for stage, seconds in self.pipeline.times.seconds.items():
                 self.metrics.stage_seconds.labels(stage).observe(seconds - before[stage])

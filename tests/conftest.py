@@ -93,6 +93,24 @@ def hamilton_frames(faces_dir: Path) -> list:  # type: ignore[type-arg]
 
 
 @pytest.fixture(scope="session")
+def hamilton_gallery(tmp_path_factory: pytest.TempPathFactory, detector: MTCNNDetector, multitask: MultiTaskNet,
+                     faces_dir: Path):  # type: ignore[no-untyped-def]
+    """A gallery with the clip's two people, Lin (``lin``) and Alex (``alex``), enrolled from
+    their photos. Read-only for the tests that share it."""
+    from gallery.enrol import EnrolPolicy, PhotoEnroller
+    from gallery.gallery import Gallery
+    from stream_worker.analyze import FaceAnalyzer
+
+    gallery = Gallery(tmp_path_factory.mktemp("hamilton-gallery") / "people.db")
+    enroller = PhotoEnroller(gallery, FaceAnalyzer(detector, multitask), EnrolPolicy(min_quality=0.0))
+    for identity, name, photo in (("lin", "Lin-Manuel Miranda", "lin-manuel-miranda.png"),
+                                  ("alex", "Alex Lacamoire", "alex-lacamoire.png")):
+        path = faces_dir / "face_recognition/examples" / photo
+        assert enroller.enrol(identity, [(photo, path.read_bytes())], name=name)[0].status == "enrolled"
+    return gallery
+
+
+@pytest.fixture(scope="session")
 def runtime() -> Iterator[EngineRuntime]:
     with EngineRuntime(RuntimeConfig(device="cpu")) as rt:
         yield rt

@@ -4,13 +4,10 @@ JSON round trip, in another pipeline object) continues exactly as the original w
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.gallery import Gallery
-from stream_worker.analyze import FaceAnalyzer
 from stream_worker.frames import Frame
 from stream_worker.pipeline import FacePipeline
 
@@ -21,12 +18,8 @@ def clip_frames(hamilton_frames: list[Frame]) -> list[Frame]:
 
 
 @pytest.fixture(scope="module")
-def gallery(tmp_path_factory: pytest.TempPathFactory, detector, multitask, faces_dir: Path) -> Gallery:  # type: ignore[no-untyped-def]
-    gallery = Gallery(tmp_path_factory.mktemp("ckpt") / "people.db")
-    enroller = PhotoEnroller(gallery, FaceAnalyzer(detector, multitask), EnrolPolicy(min_quality=0.0))
-    photo = faces_dir / "face_recognition/examples/lin-manuel-miranda.png"
-    enroller.enrol("lin", [(photo.name, photo.read_bytes())], name="Lin-Manuel Miranda")
-    return gallery
+def gallery(hamilton_gallery: Gallery) -> Gallery:
+    return hamilton_gallery
 
 
 def _messages(pipeline: FacePipeline, frames: list[Frame]) -> list[dict]:  # type: ignore[type-arg]

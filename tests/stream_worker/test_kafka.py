@@ -21,9 +21,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.gallery import Gallery
-from stream_worker.analyze import FaceAnalyzer
 from stream_worker.frames import Frame
 from stream_worker.gallery_changelog import GalleryPublisher
 from stream_worker.kafka_client import KafkaConfig, ensure_topics, make_producer
@@ -53,14 +51,9 @@ def clip_frames(hamilton_frames: list[Frame]) -> list[Frame]:
 
 
 @pytest.fixture(scope="module")
-def master_gallery(tmp_path_factory: pytest.TempPathFactory, detector, multitask, faces_dir: Path) -> Gallery:  # type: ignore[no-untyped-def]
+def master_gallery(hamilton_gallery: Gallery) -> Gallery:
     """The operator's gallery: Lin and Alex enrolled from their photos."""
-    gallery = Gallery(tmp_path_factory.mktemp("master") / "people.db")
-    enroller = PhotoEnroller(gallery, FaceAnalyzer(detector, multitask), EnrolPolicy(min_quality=0.0))
-    for identity, name, photo in (("lin", LIN, "lin-manuel-miranda.png"), ("alex", "Alex Lacamoire", "alex-lacamoire.png")):
-        path = faces_dir / EXAMPLES / photo
-        assert enroller.enrol(identity, [(photo, path.read_bytes())], name=name)[0].status == "enrolled"
-    return gallery
+    return hamilton_gallery
 
 
 def kafka_config(broker: TansuBroker, name: str, **extra: Any) -> KafkaConfig:
