@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import av
 import numpy as np
 
-from engines.errors import InvalidImageError
+from engines.errors import ImageTooLargeError, InvalidImageError
 from engines.image import decode_image
 from stream_worker.frames import Frame
 from stream_worker.kafka_wire import VIDEO_TYPES, FrameMessage, MalformedMessageError
@@ -43,21 +43,22 @@ class StreamDecoder:
 
     def decode(self, message: FrameMessage, payload: bytes) -> list[Frame]:
         if not payload:
-            raise MalformedMessageError("empty payload")
+            raise MalformedMessageError("empty payload", kind="payload")
         if not message.is_video:
             if message.content_type == "image/jpeg" and not payload.rstrip(b"\x00\r\n").endswith(b"\xff\xd9"):
                 # libjpeg decodes a truncated JPEG into a grey-padded image without an error
-                raise MalformedMessageError("truncated JPEG (no end-of-image marker)")
+                raise MalformedMessageError("truncated JPEG (no end-of-image marker)", kind="decode")
             try:
                 image = decode_image(payload, name=f"{self.stream_id} frame {message.frame_index}",
                                      max_pixels=self.max_pixels)
             except InvalidImageError as exc:
-                raise MalformedMessageError(str(exc)) from None
+                kind = "oversized" if isinstance(exc, ImageTooLargeError) else "decode"
+                raise MalformedMessageError(str(exc), kind=kind) from None
             return [Frame(self.stream_id, message.frame_index, message.pts_ms, image, _received(message))]
         images = self._decode_video(message, payload)
         if not images:
             raise MalformedMessageError(f"{message.content_type} chunk: no decodable frame "
-                                        "(a chunk must start with a keyframe and its parameter sets)")
+                                        "(a chunk must start with a keyframe and its parameter sets)", kind="decode")
         step = 1000.0 / message.fps if message.fps else None
         frames = []
         for i, image in enumerate(images):
@@ -70,7 +71,7 @@ class StreamDecoder:
     def _check_size(self, frame: av.VideoFrame) -> None:
         if frame.width * frame.height > self.max_pixels:
             raise MalformedMessageError(f"video frame {frame.width}x{frame.height} exceeds the decode limit of "
-                                        f"{self.max_pixels} pixels")
+                                        f"{self.max_pixels} pixels", kind="oversized")
 
     def _decode_video(self, message: FrameMessage, payload: bytes) -> list[np.ndarray]:
         codec_name = VIDEO_TYPES[message.content_type]
@@ -85,7 +86,7 @@ class StreamDecoder:
             packets = [*codec.parse(payload), *codec.parse(None)]  # parse(None) flushes the parser
         except av.error.FFmpegError as exc:
             codec.flush_buffers()
-            raise MalformedMessageError(f"{message.content_type} chunk cannot be parsed: {exc}") from None
+            raise MalformedMessageError(f"{message.content_type} chunk cannot be parsed: {exc}", kind="decode") from None
         for packet in [*packets, None]:  # None drains the decoder
             try:
                 for frame in codec.decode(packet):
@@ -102,7 +103,7 @@ class StreamDecoder:
         try:
             with av.open(io.BytesIO(payload), format="mpegts") as container:
                 if not container.streams.video:
-                    raise MalformedMessageError("MPEG-TS segment without a video stream")
+                    raise MalformedMessageError("MPEG-TS segment without a video stream", kind="decode")
                 for packet in container.demux(container.streams.video[0]):
                     try:
                         for frame in packet.decode():
@@ -112,5 +113,5 @@ class StreamDecoder:
                         self.corrupt_packets += 1
         except av.error.FFmpegError as exc:
             if not images:
-                raise MalformedMessageError(f"MPEG-TS segment cannot be read: {exc}") from None
+                raise MalformedMessageError(f"MPEG-TS segment cannot be read: {exc}", kind="decode") from None
         return images

@@ -19,8 +19,9 @@ fs-fps            video chunks: frame rate, to time the chunk's later frames
 ``stream_worker/schemas/frame-input.v1.schema.json`` describes the same headers for
 validators. Result topics carry the worker's JSON messages (``application/json``) keyed by
 stream id, with headers ``fs-schema`` (schema id), ``fs-event-id`` and ``fs-stream-id``.
-Dead letters keep the original key, value and headers and add ``fs-dlq-reason``,
-``fs-dlq-topic``, ``fs-dlq-partition``, ``fs-dlq-offset`` and ``fs-dlq-worker``.
+Dead letters keep the original key, value and headers and add ``fs-dlq-kind`` (one of
+:data:`DEAD_LETTER_KINDS`, for routing and metrics), ``fs-dlq-reason`` (the error, for
+people), ``fs-dlq-topic``, ``fs-dlq-partition``, ``fs-dlq-offset`` and ``fs-dlq-worker``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from engines.errors import FaceStreamError
 
@@ -42,6 +43,7 @@ FPS = "fs-fps"
 SCHEMA = "fs-schema"
 EVENT_ID = "fs-event-id"
 DLQ_REASON = "fs-dlq-reason"
+DLQ_KIND = "fs-dlq-kind"
 
 IMAGE_TYPES = ("image/jpeg", "image/png")
 VIDEO_TYPES = {"video/h264": "h264", "video/h265": "hevc", "video/mp2t": "mpegts"}
@@ -51,10 +53,25 @@ JSON_TYPE = "application/json"
 Headers = list[tuple[str, bytes]]
 
 
+DeadLetterKind = Literal["header", "key", "content-type", "oversized", "payload", "partition", "decode", "pipeline"]
+DEAD_LETTER_KINDS: tuple[DeadLetterKind, ...] = get_args(DeadLetterKind)
+"""Why a message was dead-lettered, as a fixed set: the ``fs-dlq-kind`` header and the
+``reason`` label of ``facestream_dead_letters``. ``header``: a header is missing or
+malformed; ``key``: the key differs from the stream id; ``content-type``: not a supported
+type; ``oversized``: over ``max_message_bytes`` or the decode pixel limit; ``payload``:
+empty or missing; ``partition``: the stream arrived on a second partition; ``decode``:
+the payload does not decode; ``pipeline``: the frames decoded but the pipeline failed on
+them."""
+
+
 class MalformedMessageError(FaceStreamError):
     """An input message that cannot become frames: it goes to the dead-letter topic."""
 
     skippable = True
+
+    def __init__(self, message: str, *, kind: DeadLetterKind) -> None:
+        super().__init__(message)
+        self.kind: DeadLetterKind = kind
 
 
 @dataclass(frozen=True)
@@ -91,7 +108,7 @@ def header_dict(headers: Sequence[tuple[str, bytes | None]] | None) -> dict[str,
         try:
             out[name.lower()] = (value or b"").decode()
         except UnicodeDecodeError:
-            raise MalformedMessageError(f"header {name!r} is not UTF-8 text") from None
+            raise MalformedMessageError(f"header {name!r} is not UTF-8 text", kind="header") from None
     return out
 
 
@@ -99,14 +116,15 @@ def _number(headers: dict[str, str], name: str, kind: type, *, required: bool) -
     raw = headers.get(name)
     if raw is None or raw == "":
         if required:
-            raise MalformedMessageError(f"missing header {name}")
+            raise MalformedMessageError(f"missing header {name}", kind="header")
         return None
     try:
         value = kind(raw)
     except ValueError:
-        raise MalformedMessageError(f"header {name} is not a{'n integer' if kind is int else ' number'}: {raw[:40]!r}") from None
+        raise MalformedMessageError(f"header {name} is not a{'n integer' if kind is int else ' number'}: {raw[:40]!r}",
+                                    kind="header") from None
     if value < 0 or math.isnan(value):
-        raise MalformedMessageError(f"header {name} must be >= 0, got {raw[:40]!r}")
+        raise MalformedMessageError(f"header {name} must be >= 0, got {raw[:40]!r}", kind="header")
     return value
 
 
@@ -115,19 +133,20 @@ def parse_frame_message(key: bytes | None, headers: Sequence[tuple[str, bytes | 
     values = header_dict(headers)
     content_type = values.get(CONTENT_TYPE, "").split(";")[0].strip().lower()
     if not content_type:
-        raise MalformedMessageError(f"missing header {CONTENT_TYPE}")
+        raise MalformedMessageError(f"missing header {CONTENT_TYPE}", kind="header")
     if content_type not in IMAGE_TYPES and content_type not in VIDEO_TYPES:
         raise MalformedMessageError(
-            f"unsupported {CONTENT_TYPE} {content_type[:60]!r}: expected one of {[*IMAGE_TYPES, *VIDEO_TYPES]}"
+            f"unsupported {CONTENT_TYPE} {content_type[:60]!r}: expected one of {[*IMAGE_TYPES, *VIDEO_TYPES]}",
+            kind="content-type",
         )
     stream_id = values.get(STREAM_ID, "")
     if not stream_id:
-        raise MalformedMessageError(f"missing header {STREAM_ID}")
+        raise MalformedMessageError(f"missing header {STREAM_ID}", kind="header")
     if key is not None and key != stream_id.encode():
-        raise MalformedMessageError(f"message key {key[:60]!r} differs from {STREAM_ID} {stream_id[:60]!r}")
+        raise MalformedMessageError(f"message key {key[:60]!r} differs from {STREAM_ID} {stream_id[:60]!r}", kind="key")
     fps = _number(values, FPS, float, required=content_type in VIDEO_TYPES)
     if fps == 0:
-        raise MalformedMessageError(f"header {FPS} must be > 0")
+        raise MalformedMessageError(f"header {FPS} must be > 0", kind="header")
     return FrameMessage(
         stream_id=stream_id, content_type=content_type,
         frame_index=_number(values, FRAME_INDEX, int, required=True),
@@ -148,10 +167,11 @@ def encode_json(message: dict[str, Any]) -> bytes:
 
 
 def dead_letter_headers(
-    headers: Sequence[tuple[str, bytes | None]] | None, reason: str, topic: str, partition: int, offset: int, worker: str
+    headers: Sequence[tuple[str, bytes | None]] | None, kind: DeadLetterKind, reason: str, topic: str, partition: int,
+    offset: int, worker: str,
 ) -> Headers:
     """The original headers plus why and where the message failed."""
-    extra = {DLQ_REASON: reason[:1000], "fs-dlq-topic": topic, "fs-dlq-partition": str(partition),
+    extra = {DLQ_KIND: kind, DLQ_REASON: reason[:1000], "fs-dlq-topic": topic, "fs-dlq-partition": str(partition),
              "fs-dlq-offset": str(offset), "fs-dlq-worker": worker}
     kept = [(n, v or b"") for n, v in headers or () if n not in extra]
     return kept + [(n, v.encode()) for n, v in extra.items()]

@@ -54,6 +54,7 @@ from stream_worker.kafka_decode import StreamDecoder
 from stream_worker.kafka_publish import KafkaPublisher
 from stream_worker.kafka_wire import (
     JSON_TYPE,
+    DeadLetterKind,
     MalformedMessageError,
     dead_letter_headers,
     parse_frame_message,
@@ -111,14 +112,6 @@ class KafkaWorkerStats:
         return {"records": self.records, "frames": self.frames, "dead_letters": self.dead_letters,
                 "duplicates": self.duplicates, "checkpoints": self.checkpoints, "rebalances": self.rebalances,
                 "rewinds": self.rewinds, "retractions": self.retractions}
-
-
-def _reason_kind(reason: str) -> str:
-    """A low-cardinality label for metrics."""
-    for kind in ("header", "oversized", "payload", "key", "content-type", "partition", "pipeline"):
-        if kind in reason:
-            return kind
-    return "decode"
 
 
 def _listener(worker: KafkaWorker) -> Any:
@@ -307,23 +300,23 @@ class KafkaWorker:
             size = len(record.value) if record.value is not None else 0
             if size > self.config.max_message_bytes:
                 raise MalformedMessageError(f"oversized message: {size} bytes > max_message_bytes "
-                                            f"{self.config.max_message_bytes}")
+                                            f"{self.config.max_message_bytes}", kind="oversized")
             message = parse_frame_message(record.key, record.headers)
             if record.value is None:
-                raise MalformedMessageError("no payload")
+                raise MalformedMessageError("no payload", kind="payload")
             for other, streams in self.partition_streams.items():
                 if other != tp and message.stream_id in streams:
                     raise MalformedMessageError(f"stream {message.stream_id} belongs to partition {other.partition}, "
-                                                f"not {tp.partition} (partition count changed?)")
+                                                f"not {tp.partition} (partition count changed?)", kind="partition")
             self.partition_streams[tp].add(message.stream_id)
             source = self._input(message.stream_id)
             frames = source.decoder.decode(message, record.value)
         except MalformedMessageError as exc:
-            self._dead_letter(record, str(exc))
+            self._dead_letter(record, exc.kind, str(exc))
             return
         except Exception as exc:  # a decoder bug must not crash-loop the worker on one message
             log.exception("decoding %s[%d]@%d failed", record.topic, record.partition, record.offset)
-            self._dead_letter(record, f"decode error ({type(exc).__name__}: {exc})")
+            self._dead_letter(record, "decode", f"decode error ({type(exc).__name__}: {exc})")
             return
         self._frames_per_record += 0.2 * (len(frames) - self._frames_per_record)
         state = self.pipeline.streams.get(message.stream_id)
@@ -350,10 +343,10 @@ class KafkaWorker:
             source = self.inputs[stream_id] = _StreamInput(StreamDecoder(stream_id, max_pixels=self.options.max_pixels))
         return source
 
-    def _dead_letter(self, record: Any, reason: str) -> None:
+    def _dead_letter(self, record: Any, kind: DeadLetterKind, reason: str) -> None:
         cfg = self.config
         value = record.value or b""
-        headers = dead_letter_headers(record.headers, reason, record.topic, record.partition, record.offset,
+        headers = dead_letter_headers(record.headers, kind, reason, record.topic, record.partition, record.offset,
                                       self.worker_id)
         limit = cfg.max_message_bytes
         if len(value) > limit:  # keep what fits; say so
@@ -361,7 +354,6 @@ class KafkaWorker:
             value = value[:limit]
         self.publisher.send(cfg.dead_letter_topic, record.key, value, headers)
         self.stats.dead_letters += 1
-        kind = _reason_kind(reason)
         self.stats.reasons[kind] += 1
         if self.metrics is not None:
             self.metrics.dead_letters.labels(kind).inc()
@@ -377,7 +369,7 @@ class KafkaWorker:
             except Exception:
                 if len(batch) == 1:
                     log.exception("pipeline failed on %s frame %d", batch[0].frame.stream_id, batch[0].frame.index)
-                    self._dead_letter(batch[0].record, "pipeline error (see the worker log)")
+                    self._dead_letter(batch[0].record, "pipeline", "pipeline error (see the worker log)")
                     continue
                 for item in reversed(batch):  # retry one at a time to isolate the bad frame
                     pending[item.frame.stream_id].appendleft(item)

@@ -274,8 +274,13 @@ def _healthy(worker: WorkerProcess) -> bool:
 # --- malformed input -------------------------------------------------------------------------------
 
 
+MALFORMED_KINDS = ("decode", "decode", "header", "header", "content-type", "oversized", "decode", "decode", "key",
+                   "payload")
+"""The dead-letter kind each of malformed_messages' ten kinds must be given, in order."""
+
+
 def malformed_messages(good_jpeg: bytes, h264_chunk: bytes, limit: int) -> list[tuple[bytes | None, bytes | None, list]]:  # type: ignore[type-arg]
-    """1,000 broken messages of ten kinds (key, value, headers)."""
+    """1,000 broken messages of ten kinds (key, value, headers), message i of kind i % 10."""
     rng = np.random.default_rng(7)
     good = FrameMessage("hamilton", "image/jpeg", 10_000, 1)
     kinds: list[Callable[[int], tuple[bytes | None, bytes | None, list]]] = [  # type: ignore[type-arg]
@@ -323,21 +328,24 @@ def test_malformed_messages_go_to_the_dead_letter_topic_and_good_frames_are_all_
     assert stats.dead_letters == 1000 and stats.frames == len(good)
     counted = {s.labels["reason"]: s.value for m in metrics.registry.collect() if m.name == "facestream_dead_letters"
                for s in m.samples if s.name.endswith("_total")}
-    assert sum(counted.values()) == 1000 and len(counted) >= 5, counted
+    expected = collections.Counter(MALFORMED_KINDS[i % len(MALFORMED_KINDS)] for i in range(1000))
+    assert counted == expected
     assert sorted(m["frame_index"] for m in messages(broker, config.detections_topic)) == [f.index for f in good]
     letters = read_topic(broker.bootstrap, config.dead_letter_topic, timeout_s=30)
     assert len(letters) == 1000
     originals = {(k, v) for k, v, _ in bad}
-    reasons = collections.Counter()
+    reasons, kinds = collections.Counter(), collections.Counter()
     for letter in letters:
         headers = header_dict(letter.headers)
         assert headers["fs-dlq-reason"] and headers["fs-dlq-topic"] == config.frames_topic
+        kinds[headers["fs-dlq-kind"]] += 1
         reasons[headers["fs-dlq-reason"].split(":")[0].split(" (")[0][:40]] += 1
         if "fs-dlq-original-bytes" in headers:
             assert int(headers["fs-dlq-original-bytes"]) == limit + 1000 and len(letter.value) == limit
         else:
             assert (letter.key, letter.value) in originals or (letter.value == b"" and (letter.key, None) in originals)
     assert len(reasons) >= 8, reasons
+    assert kinds == expected
 
 
 # --- two workers in a group -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from stream_worker.frames import Frame
 from stream_worker.kafka_decode import StreamDecoder
 from stream_worker.kafka_produce import H264Chunker
 from stream_worker.kafka_wire import (
+    DEAD_LETTER_KINDS,
     FrameMessage,
     MalformedMessageError,
     dead_letter_headers,
@@ -37,32 +38,33 @@ def test_headers_round_trip_and_validate_against_the_schema() -> None:
                                                                    4170.5, 29.97)
 
 
-@pytest.mark.parametrize(("key", "headers", "reason"), [
-    (b"c", [], "missing header content-type"),
-    (b"c", [("content-type", b"text/plain")], "unsupported content-type"),
-    (b"c", [("content-type", b"image/jpeg")], "missing header fs-stream-id"),
+@pytest.mark.parametrize(("key", "headers", "kind", "reason"), [
+    (b"c", [], "header", "missing header content-type"),
+    (b"c", [("content-type", b"text/plain")], "content-type", "unsupported content-type"),
+    (b"c", [("content-type", b"image/jpeg")], "header", "missing header fs-stream-id"),
     (b"x", [("content-type", b"image/jpeg"), ("fs-stream-id", b"c"), ("fs-frame-index", b"1"),
-            ("fs-capture-ms", b"1")], "differs from fs-stream-id"),
+            ("fs-capture-ms", b"1")], "key", "differs from fs-stream-id"),
     (b"c", [("content-type", b"image/jpeg"), ("fs-stream-id", b"c"), ("fs-capture-ms", b"1")],
-     "missing header fs-frame-index"),
+     "header", "missing header fs-frame-index"),
     (b"c", [("content-type", b"image/jpeg"), ("fs-stream-id", b"c"), ("fs-frame-index", b"-3"),
-            ("fs-capture-ms", b"1")], "must be >= 0"),
+            ("fs-capture-ms", b"1")], "header", "must be >= 0"),
     (b"c", [("content-type", b"image/jpeg"), ("fs-stream-id", b"c"), ("fs-frame-index", b"one"),
-            ("fs-capture-ms", b"1")], "not an integer"),
+            ("fs-capture-ms", b"1")], "header", "not an integer"),
     (b"c", [("content-type", b"video/h264"), ("fs-stream-id", b"c"), ("fs-frame-index", b"0"),
-            ("fs-capture-ms", b"1")], "missing header fs-fps"),
-    (b"c", [("content-type", b"image/jpeg"), ("fs-stream-id", b"\xff\xfe")], "not UTF-8"),
+            ("fs-capture-ms", b"1")], "header", "missing header fs-fps"),
+    (b"c", [("content-type", b"image/jpeg"), ("fs-stream-id", b"\xff\xfe")], "header", "not UTF-8"),
 ])
-def test_malformed_headers_are_refused_with_a_reason(key: bytes, headers: list, reason: str) -> None:  # type: ignore[type-arg]
-    with pytest.raises(MalformedMessageError, match=reason):
+def test_malformed_headers_are_refused_with_a_reason(key: bytes, headers: list, kind: str, reason: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(MalformedMessageError, match=reason) as caught:
         parse_frame_message(key, headers)
+    assert caught.value.kind == kind and kind in DEAD_LETTER_KINDS
 
 
 def test_dead_letter_headers_keep_the_original_and_say_why() -> None:
     original = [("content-type", b"image/jpeg"), ("fs-stream-id", b"c")]
-    headers = dict(dead_letter_headers(original, "not a decodable image", "faces.frames", 2, 41, "w1"))
+    headers = dict(dead_letter_headers(original, "decode", "not a decodable image", "faces.frames", 2, 41, "w1"))
     assert headers["content-type"] == b"image/jpeg" and headers["fs-stream-id"] == b"c"
-    assert headers["fs-dlq-reason"] == b"not a decodable image"
+    assert (headers["fs-dlq-kind"], headers["fs-dlq-reason"]) == (b"decode", b"not a decodable image")
     assert (headers["fs-dlq-partition"], headers["fs-dlq-offset"]) == (b"2", b"41")
 
 
@@ -73,12 +75,15 @@ def test_jpeg_frames_decode_and_bad_images_are_malformed(clip_frames: list[Frame
     assert frame.index == 3 and frame.pts_ms == 100.0 and frame.image.shape == (360, 640, 3)
     assert frame.received.timestamp() == pytest.approx(1_764_000_000.123)
     assert np.abs(frame.image.astype(int) - clip_frames[3].image).mean() < 3
-    for payload, reason in ((b"", "empty payload"), (b"\xff\xd8garbage\xff\xd9" * 10, "not a decodable image"),
-                            (jpeg[:60], "truncated JPEG"), (jpeg[: len(jpeg) // 2], "truncated JPEG")):
-        with pytest.raises(MalformedMessageError, match=reason):
+    for payload, kind, reason in ((b"", "payload", "empty payload"),
+                                  (b"\xff\xd8garbage\xff\xd9" * 10, "decode", "not a decodable image"),
+                                  (jpeg[:60], "decode", "truncated JPEG"), (jpeg[: len(jpeg) // 2], "decode", "truncated JPEG")):
+        with pytest.raises(MalformedMessageError, match=reason) as caught:
             decoder.decode(FrameMessage("cam", "image/jpeg", 4, 0), payload)
-    with pytest.raises(MalformedMessageError, match="exceeds the decode limit"):
+        assert caught.value.kind == kind
+    with pytest.raises(MalformedMessageError, match="exceeds") as caught:
         StreamDecoder("cam", max_pixels=100_000).decode(FrameMessage("cam", "image/jpeg", 5, 0), jpeg)
+    assert caught.value.kind == "oversized"
 
 
 def _chunks(frames: list[Frame], gop: int) -> list[tuple[list[Frame], bytes]]:
