@@ -118,9 +118,7 @@ def run_consume(args: argparse.Namespace, overrides: Mapping[str, Any], store: M
         worker = KafkaWorker(pipeline, config.kafka, options, gallery=gallery, metrics=metrics, sinks=sinks)
         server = None
         if config.metrics.port:
-            server = serve(metrics, lambda: {"status": "ok", "partitions": sorted(tp.partition for tp in worker.owned),
-                                             "lag": dict(worker.last_lag),
-                                             **worker.stats.to_json(), "engine": runtime.describe()},
+            server = serve(metrics, lambda: {**worker.health(), "engine": runtime.describe()},
                            config.metrics.host, config.metrics.port)
         try:
             stats = worker.run(stop)

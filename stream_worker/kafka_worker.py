@@ -189,6 +189,8 @@ class KafkaWorker:
         self._dirty: set[Any] = set()
         """Partitions with input consumed since their last checkpoint."""
         self._last_checkpoint = time.monotonic()
+        self._last_loop: float | None = None
+        """When the poll loop last turned (None before its first turn), for :meth:`health`."""
         self.last_lag: dict[int, int] = {}
         """Partition -> messages behind, as of the last poll (for /health)."""
         self._frames_per_record = 1.0
@@ -223,6 +225,7 @@ class KafkaWorker:
         idle_since = time.monotonic()
         try:
             while not stop.is_set():
+                self._last_loop = time.monotonic()
                 if self.follower is not None:
                     self.follower.poll()
                 batch = self.consumer.poll(timeout_ms=200, max_records=self._max_records())
@@ -240,6 +243,27 @@ class KafkaWorker:
         finally:
             self.close()
         return self.stats
+
+    def health(self) -> dict[str, Any]:
+        """The /health report. ``status`` is ``starting`` before the poll loop's first turn
+        (models load, the changelog replays), ``ok`` while it turns, and ``stalled`` when it
+        has not turned for :meth:`stall_after_s`. The metrics server answers 503 for anything
+        but ``ok``, so a liveness probe restarts a stalled worker."""
+        since = None if self._last_loop is None else time.monotonic() - self._last_loop
+        if since is None:
+            status = "starting"
+        else:
+            status = "stalled" if since > self.stall_after_s() else "ok"
+        return {"status": status, "seconds_since_poll": None if since is None else round(since, 3),
+                "partitions": sorted(tp.partition for tp in self.owned), "lag": dict(self.last_lag),
+                **self.stats.to_json()}
+
+    def stall_after_s(self) -> float:
+        """The longest a healthy loop goes without turning: a flush that waits out a broker
+        outage (``delivery_timeout_ms``) plus one poll's work (kept within
+        ``max_poll_interval_ms``). A hung worker's partitions move to the rest of the group
+        after ``max_poll_interval_ms`` anyway; this only decides when to restart it."""
+        return (self.config.delivery_timeout_ms + self.config.max_poll_interval_ms) / 1000
 
     def lag(self) -> dict[int, int]:
         """Messages behind the newest, per owned partition (where the consumer knows)."""

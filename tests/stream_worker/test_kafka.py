@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -253,6 +254,7 @@ def test_broker_outage_longer_than_the_session_loses_nothing(  # type: ignore[no
     try:
         time.sleep(config.request_timeout_ms / 1000 + 5)
         assert worker.process.poll() is None, "the worker died during the outage"
+        assert worker.health()["status"] == "ok"  # waiting out an outage is not a stall: no restart
     finally:
         broker.resume()
     publisher.join(timeout=120)
@@ -261,6 +263,33 @@ def test_broker_outage_longer_than_the_session_loses_nothing(  # type: ignore[no
     worker.process.send_signal(signal.SIGTERM)
     assert worker.wait(60) == 0, worker.log.read_text()[-3000:]
     assert "timed out" in worker.log.read_text(), "the outage was not felt by the worker"
+
+
+def test_health_tells_a_stalled_poll_loop_from_a_starting_or_turning_one(detector, multitask) -> None:  # type: ignore[no-untyped-def]
+    """What a liveness probe sees (deploy/kubernetes): 503 before the poll loop's first turn
+    and once it has not turned for delivery_timeout_ms + max_poll_interval_ms (the longest a
+    healthy loop blocks: a flush through a broker outage, then a poll's work), 200 between."""
+    from stream_worker.metrics import serve
+
+    config = KafkaConfig(max_poll_interval_ms=10_000, delivery_timeout_ms=20_000, request_timeout_ms=5_000)
+    worker = KafkaWorker(FacePipeline(detector, multitask, None), config)
+    server = serve(WorkerMetrics(), worker.health, "127.0.0.1", 0)
+
+    def probe() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/health", timeout=5) as response:
+                return response.status, json.loads(response.read())["status"]
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())["status"]
+
+    try:
+        assert probe() == (503, "starting")
+        worker._last_loop = time.monotonic() - 29
+        assert probe() == (200, "ok")
+        worker._last_loop = time.monotonic() - 31
+        assert probe() == (503, "stalled")
+    finally:
+        server.shutdown()
 
 
 def _healthy(worker: WorkerProcess) -> bool:
