@@ -1,0 +1,113 @@
+"""deploy/: the Kubernetes manifests and the compose file, checked without a cluster or
+Docker: every Kubernetes object against the API schemas (kubernetes-validate, offline),
+and what the containers run through FaceStream's own CLI and configuration loader
+(``consume --print-config``), so a renamed flag or setting breaks this test, not a rollout."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stream_worker.cli import main
+from stream_worker.kafka_client import PASSWORD_ENV
+
+REPO = Path(__file__).resolve().parents[1]
+KUBE = REPO / "deploy" / "kubernetes"
+KUBERNETES_VERSION = "1.30.0"
+
+
+def kube_objects() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+    objects = []
+    for resource in kustomization["resources"]:
+        objects += [doc for doc in yaml.safe_load_all((KUBE / resource).read_text()) if doc]
+    return objects
+
+
+def the(kind: str) -> dict[str, Any]:
+    [found] = [o for o in kube_objects() if o["kind"] == kind]
+    return found
+
+
+def effective_config(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, args: list[str],
+                     env: dict[str, str]) -> dict[str, Any]:
+    """What ``facestream <args>`` would run with, under ``env``."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert main([*args, "--print-config"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_every_kubernetes_object_is_valid_for_the_api() -> None:
+    import kubernetes_validate
+
+    objects = kube_objects()
+    assert {o["kind"] for o in objects} == {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget"}
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)  # raises on any error
+
+
+def test_the_deployment_runs_the_worker_with_its_config_and_probes(capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    deployment, config_map = the("Deployment"), the("ConfigMap")
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    # The config file, mounted where the args say
+    [config_arg] = [container["args"][i + 1] for i, a in enumerate(container["args"]) if a == "--config"]
+    [mount] = [m for m in container["volumeMounts"] if config_arg.startswith(m["mountPath"] + "/")]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    local = tmp_path / Path(config_arg).name
+    local.write_text(config_map["data"][Path(config_arg).name])
+    args = [str(local) if a == config_arg else a for a in container["args"]]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    config = effective_config(capsys, monkeypatch, args, env)
+    # Probes and Prometheus reach the metrics port from outside the pod
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"]
+    assert config["metrics"] == {"host": "0.0.0.0", "port": port}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": "metrics"}
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port)
+    # The liveness probe must not fire before /health can say "stalled" (a broker outage)
+    liveness = container["livenessProbe"]
+    stall_s = (config["kafka"]["delivery_timeout_ms"] + config["kafka"]["max_poll_interval_ms"]) / 1000
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] <= stall_s
+    # The SASL password comes only from a Secret, never from the file or a literal
+    [password] = [e for e in container["env"] if e["name"] == PASSWORD_ENV]
+    assert "value" not in password and password["valueFrom"]["secretKeyRef"]["name"]
+    assert "password" not in config_map["data"][Path(config_arg).name].replace("password comes", "")
+    # Writable /tmp (the gallery copy) on a read-only root, as the image's user
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])
+    uid = re.search(r"--uid (\d+)", (REPO / "deploy" / "Dockerfile").read_text())
+    assert uid and pod["securityContext"]["runAsUser"] == int(uid.group(1))
+    # More partitions than replicas, or some workers would idle
+    assert config["kafka"]["frames_partitions"] >= deployment["spec"]["replicas"]
+
+
+def test_the_service_and_budget_select_the_worker_pods() -> None:
+    labels = the("Deployment")["spec"]["template"]["metadata"]["labels"]
+    service, budget = the("Service"), the("PodDisruptionBudget")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+
+
+def test_the_compose_worker_command_and_environment_are_understood(capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    compose = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())
+    worker = compose["services"]["worker"]
+    env = {k: str(v) for k, v in worker["environment"].items()}
+    config = effective_config(capsys, monkeypatch, worker["command"], env)
+    assert config["kafka"]["bootstrap_servers"] == "kafka:9092"
+    assert config["metrics"]["host"] == "0.0.0.0" and config["metrics"]["port"] == 9100
+    assert config["kafka"]["frames_partitions"] == int(env["FACESTREAM__KAFKA__FRAMES_PARTITIONS"])
+    assert "9092" in compose["services"]["kafka"]["environment"]["KAFKA_LISTENERS"]
