@@ -16,7 +16,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from engines.errors import ConfigError
+from engines.errors import ConfigError, InvalidImageError
+from engines.image import decode_image
 from engines.model_store import ModelStore
 from engines.runtime import EngineRuntime
 from stream_worker.config import as_dict, load_config
@@ -28,7 +29,7 @@ from stream_worker.kafka_client import (
     make_producer,
 )
 from stream_worker.kafka_produce import FORMATS, publish_frames
-from stream_worker.kafka_wire import SCHEMA, header_dict
+from stream_worker.kafka_wire import CONTENT_TYPE, SCHEMA, header_dict
 from stream_worker.kafka_worker import KafkaWorker, KafkaWorkerOptions
 from stream_worker.messages import schema_for
 from stream_worker.metrics import WorkerMetrics, serve
@@ -111,7 +112,7 @@ def run_consume(args: argparse.Namespace, overrides: Mapping[str, Any], store: M
         thumbnails = ThumbnailSink(args.thumbnails) if args.thumbnails else None
         path = config.gallery.path or (Path(tmp) / "gallery.db" if config.kafka.gallery_topic else None)
         pipeline, gallery = build_pipeline(config, runtime, store, gallery_path=path, create_gallery=True,
-                                           thumbnails=thumbnails)
+                                           thumbnails=thumbnails, thumbnails_topic=config.kafka.thumbnails_topic)
         sinks: list[Sink] = [thumbnails] if thumbnails is not None else []
         metrics = WorkerMetrics()
         options = KafkaWorkerOptions(idle_exit_ms=args.idle_exit_ms, max_pixels=config.detector.max_image_pixels)
@@ -205,18 +206,38 @@ def tail_topic(config: KafkaConfig, topic: str, out: TextIO, *, from_start: bool
             for records in batch.values():
                 for record in records:
                     count += 1
-                    problem = _validate(record, validators, jsonschema)
+                    if _is_image(record):  # the thumbnails topic: say what it is
+                        problem, line = _check_image(record)
+                    else:
+                        problem, line = _validate(record, validators, jsonschema), None
                     if problem:
                         invalid += 1
                         print(f"facestream tail: {topic}[{record.partition}]@{record.offset}: {problem}", file=sys.stderr)
                     else:
-                        out.write(record.value.decode() + "\n")
+                        out.write((line or record.value.decode()) + "\n")
                     if max_messages and count >= max_messages:
                         return count, invalid
             out.flush()
     finally:
         consumer.close()
     return count, invalid
+
+
+def _is_image(record: Any) -> bool:
+    return header_dict(record.headers).get(CONTENT_TYPE, "").startswith("image/")
+
+
+def _check_image(record: Any) -> tuple[str | None, str | None]:
+    """An image message (a best shot): (problem, None) or (None, a JSON line describing it)."""
+    headers = header_dict(record.headers)
+    try:
+        image = decode_image(record.value or b"", name="message")
+    except InvalidImageError as exc:
+        return str(exc), None
+    key = record.key.decode(errors="replace") if record.key else None
+    return None, json.dumps({"key": key, "content_type": headers[CONTENT_TYPE], "bytes": len(record.value),
+                             "width": image.shape[1], "height": image.shape[0],
+                             "headers": {k: v for k, v in headers.items() if k.startswith("fs-")}})
 
 
 def _validate(record: Any, validators: dict[str, Any], jsonschema: Any) -> str | None:

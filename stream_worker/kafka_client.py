@@ -37,6 +37,10 @@ class KafkaConfig:
     alerts_topic: str = "faces.alerts"
     """Watch-list hits: every track identified as (or changed to) a gallery identity."""
     dead_letter_topic: str = "faces.dead-letter"
+    thumbnails_topic: str = "faces.thumbnails"
+    """Each ended track's best-shot JPEG, keyed ``<stream>:track:<id>``, which its summary's
+    ``best_shot.thumbnail`` refers to as ``kafka:<topic>/<key>`` (unless the worker writes
+    best shots to a --thumbnails folder); empty: off."""
     gallery_topic: str = "faces.gallery"
     """Compacted gallery changelog (enrolments, tombstones, erasure events); empty: off."""
     state_topic: str = "faces.worker-state"
@@ -156,7 +160,8 @@ def ensure_topics(config: KafkaConfig) -> None:
         wanted = [
             NewTopic(config.frames_topic, config.frames_partitions, config.replication_factor),
             *(NewTopic(t, config.frames_partitions, config.replication_factor)
-              for t in (config.detections_topic, config.tracks_topic, config.alerts_topic, config.dead_letter_topic)),
+              for t in (config.detections_topic, config.tracks_topic, config.alerts_topic, config.dead_letter_topic,
+                        config.thumbnails_topic) if t),
             NewTopic(config.state_topic, 1, config.replication_factor, topic_configs=compact),
         ]
         if config.gallery_topic:

@@ -3,9 +3,10 @@
 
 Each frame result goes to the detections topic and each track event to the tracks topic
 (``track_identified`` also to the alerts topic), as JSON keyed by stream id with the
-``fs-schema``, ``fs-event-id`` and ``fs-stream-id`` headers. The publisher remembers, per
-identity and stream, the event ids it published carrying the identity, so that an erasure
-can be retracted (:meth:`KafkaPublisher.retract`).
+``fs-schema``, ``fs-event-id`` and ``fs-stream-id`` headers. A best shot whose
+``track_ended`` summary refers to the thumbnails topic goes there, before the event. The
+publisher remembers, per identity and stream, the event ids it published carrying the
+identity, so that an erasure can be retracted (:meth:`KafkaPublisher.retract`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from typing import Any
 
 from gallery.store import utc_now
 from stream_worker.kafka_client import KafkaConfig, make_producer
-from stream_worker.kafka_wire import Headers, encode_json, result_headers
+from stream_worker.kafka_wire import (
+    Headers,
+    encode_json,
+    result_headers,
+    thumbnail_headers,
+    thumbnail_key,
+    thumbnail_reference,
+)
 from stream_worker.messages import RETRACTION_SCHEMA, TrackEvent
 from stream_worker.pipeline import FrameOutput
 
@@ -57,22 +65,32 @@ class KafkaPublisher:
             ids.append(event_id)
 
     def frame(self, output: FrameOutput) -> None:
-        """A frame's result and the track events it caused."""
+        """A frame's result, the track events it caused and the best shots of the tracks it ended."""
         result = output.result.to_json()
         self.publish(self.config.detections_topic, result)
         for face in result["faces"]:
             if face["identity"] is not None:
                 self._remember(face["identity"]["id"], result["stream_id"], result["event_id"])
-        self.events(output.events)
+        self.events(output.frame.stream_id, output.events, output.thumbnails)
 
-    def events(self, events: Sequence[TrackEvent]) -> None:
+    def events(self, stream_id: str, events: Sequence[TrackEvent], thumbnails: dict[int, bytes]) -> None:
+        """Track events of one stream, each after the best shot (``thumbnails``: track id ->
+        JPEG) it refers to on the thumbnails topic, if it does."""
         for event in events:
+            if event.type == "track_ended" and event.track_id in thumbnails:
+                self._best_shot(stream_id, event, thumbnails[event.track_id])
             message = event.to_json()
             self.publish(self.config.tracks_topic, message)
             if event.identity is not None:
                 self._remember(event.identity.identity_id, event.stream_id, message["event_id"])
             if event.type == "track_identified" and event.identity is not None:
                 self.publish(self.config.alerts_topic, message)
+
+    def _best_shot(self, stream_id: str, event: TrackEvent, jpeg: bytes) -> None:
+        topic = self.config.thumbnails_topic
+        reference = (event.summary or {}).get("best_shot", {}).get("thumbnail")
+        if topic and reference == thumbnail_reference(topic, stream_id, event.track_id):
+            self.send(topic, thumbnail_key(stream_id, event.track_id), jpeg, thumbnail_headers(stream_id, event.track_id))
 
     def retract(self, identity_id: str, publisher_id: str) -> int:
         """Publish, per stream, a retraction of the events that carried an erased identity;
@@ -118,7 +136,7 @@ class KafkaSink:
         self.publisher.frame(output)
 
     def write_events(self, stream_id: str, events: Sequence[TrackEvent], thumbnails: dict[int, bytes]) -> None:
-        self.publisher.events(events)
+        self.publisher.events(stream_id, events, thumbnails)
         self.undelivered |= not self.publisher.flush()
 
     def close(self) -> None:

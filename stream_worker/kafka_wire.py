@@ -19,6 +19,9 @@ fs-fps            video chunks: frame rate, to time the chunk's later frames
 ``stream_worker/schemas/frame-input.v1.schema.json`` describes the same headers for
 validators. Result topics carry the worker's JSON messages (``application/json``) keyed by
 stream id, with headers ``fs-schema`` (schema id), ``fs-event-id`` and ``fs-stream-id``.
+Best shots go to the thumbnails topic, one JPEG per ended track (``image/jpeg``), keyed
+:func:`thumbnail_key` with ``fs-stream-id`` and ``fs-track-id`` headers; the track's
+summary refers to it as :func:`thumbnail_reference`.
 Dead letters keep the original key, value and headers and add ``fs-dlq-kind`` (one of
 :data:`DEAD_LETTER_KINDS`, for routing and metrics), ``fs-dlq-reason`` (the error, for
 people), ``fs-dlq-topic``, ``fs-dlq-partition``, ``fs-dlq-offset`` and ``fs-dlq-worker``.
@@ -160,6 +163,23 @@ def result_headers(message: dict[str, Any]) -> Headers:
         (CONTENT_TYPE, JSON_TYPE.encode()), (SCHEMA, str(message["schema"]).encode()),
         (EVENT_ID, str(message["event_id"]).encode()), (STREAM_ID, str(message.get("stream_id", "")).encode()),
     ]
+
+
+TRACK_ID = "fs-track-id"
+
+
+def thumbnail_key(stream_id: str, track_id: int) -> str:
+    """The thumbnails-topic key of a track's best shot (its track events' id prefix)."""
+    return f"{stream_id}:track:{track_id}"
+
+
+def thumbnail_reference(topic: str, stream_id: str, track_id: int) -> str:
+    """What a track summary's ``best_shot.thumbnail`` says for a best shot on Kafka."""
+    return f"kafka:{topic}/{thumbnail_key(stream_id, track_id)}"
+
+
+def thumbnail_headers(stream_id: str, track_id: int) -> Headers:
+    return [(CONTENT_TYPE, b"image/jpeg"), (STREAM_ID, stream_id.encode()), (TRACK_ID, str(track_id).encode())]
 
 
 def encode_json(message: dict[str, Any]) -> bytes:

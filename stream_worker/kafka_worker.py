@@ -523,7 +523,7 @@ class KafkaWorker:
                     self.pipeline.end_stream(sid)  # someone else owns it now: publish nothing
                     continue
                 events, thumbnails = self.pipeline.end_stream(sid)
-                self.publisher.events(events)
+                self.publisher.events(sid, events, thumbnails)
                 for sink in self.sinks:
                     sink.write_events(sid, events, thumbnails)
         if not lost:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import signal
@@ -23,8 +24,9 @@ from engines.multitask import MultiTaskNet
 from engines.runtime import EngineRuntime
 from gallery.gallery import Gallery
 from stream_worker.config import WorkerConfig, as_dict, load_config
+from stream_worker.kafka_wire import thumbnail_reference
 from stream_worker.metrics import WorkerMetrics, serve
-from stream_worker.pipeline import FacePipeline
+from stream_worker.pipeline import FacePipeline, ThumbnailRef
 from stream_worker.sinks import JsonLinesSink, Sink, ThumbnailSink, VideoSink
 from stream_worker.worker import Worker
 
@@ -71,19 +73,29 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def _no_reference(stream_id: str, track_id: int) -> None:
+    return None
+
+
 def build_pipeline(
     config: WorkerConfig, runtime: EngineRuntime, store: ModelStore, *, gallery_path: Path | None,
-    create_gallery: bool, thumbnails: ThumbnailSink | None,
+    create_gallery: bool, thumbnails: ThumbnailSink | None, thumbnails_topic: str = "",
 ) -> tuple[FacePipeline, Gallery | None]:
-    """The models, the gallery (its index on the engine's device) and the pipeline."""
+    """The models, the gallery (its index on the engine's device) and the pipeline. Track
+    summaries refer to best shots in the ``thumbnails`` folder, else on ``thumbnails_topic``."""
     detector = MTCNNDetector.create(config.detector, runtime=runtime, store=store)
     multitask = MultiTaskNet.create(runtime=runtime, store=store)
     gallery = None
     if gallery_path is not None:
         index = dataclasses.replace(config.gallery.index, use_gpu=runtime.plan.device is Device.CUDA)
         gallery = Gallery(gallery_path, index=index, threshold=config.gallery.threshold, create=create_gallery)
-    pipeline = FacePipeline(detector, multitask, gallery, config.pipeline,
-                            thumbnail_ref=thumbnails.reference if thumbnails else lambda stream, track: None)
+    if thumbnails is not None:
+        reference: ThumbnailRef = thumbnails.reference
+    elif thumbnails_topic:
+        reference = functools.partial(thumbnail_reference, thumbnails_topic)
+    else:
+        reference = _no_reference
+    pipeline = FacePipeline(detector, multitask, gallery, config.pipeline, thumbnail_ref=reference)
     return pipeline, gallery
 
 
@@ -97,7 +109,8 @@ def run_worker(args: argparse.Namespace, overrides: Mapping[str, Any], store: Mo
     with EngineRuntime(config.runtime) as runtime:
         thumbnails = ThumbnailSink(args.thumbnails) if args.thumbnails else None
         pipeline, gallery = build_pipeline(config, runtime, store, gallery_path=config.gallery.path,
-                                           create_gallery=False, thumbnails=thumbnails)
+                                           create_gallery=False, thumbnails=thumbnails,
+                                           thumbnails_topic=config.kafka.thumbnails_topic if args.kafka_out else "")
         sinks: list[Sink] = [JsonLinesSink(args.out)]
         if thumbnails is not None:
             sinks.append(thumbnails)

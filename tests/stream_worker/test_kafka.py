@@ -4,6 +4,8 @@ worker, a frozen broker, malformed input, two workers in a group, the gallery ch
 from __future__ import annotations
 
 import collections
+import functools
+import io
 import json
 import os
 import signal
@@ -25,9 +27,10 @@ import pytest
 from gallery.gallery import Gallery
 from stream_worker.frames import Frame
 from stream_worker.gallery_changelog import GalleryPublisher
+from stream_worker.kafka_cli import tail_topic
 from stream_worker.kafka_client import KafkaConfig, ensure_topics, make_producer
 from stream_worker.kafka_produce import publish_frames
-from stream_worker.kafka_wire import FrameMessage, header_dict
+from stream_worker.kafka_wire import FrameMessage, header_dict, thumbnail_reference
 from stream_worker.kafka_worker import KafkaWorker, KafkaWorkerOptions
 from stream_worker.messages import schema_for
 from stream_worker.metrics import WorkerMetrics
@@ -60,7 +63,7 @@ def master_gallery(hamilton_gallery: Gallery) -> Gallery:
 def kafka_config(broker: TansuBroker, name: str, **extra: Any) -> KafkaConfig:
     """Topics and group of one test, so tests sharing the broker do not see each other."""
     topics = {f"{kind}_topic": f"{name}.{kind}" for kind in
-              ("frames", "detections", "tracks", "alerts", "dead_letter", "gallery", "state")}
+              ("frames", "detections", "tracks", "alerts", "dead_letter", "thumbnails", "gallery", "state")}
     return KafkaConfig(bootstrap_servers=broker.bootstrap, group_id=f"{name}-group", **{**topics, **FAST_GROUP, **extra})
 
 
@@ -83,7 +86,9 @@ def messages(broker: TansuBroker, topic: str) -> list[dict[str, Any]]:
 
 def run_in_process(config: KafkaConfig, detector, multitask, gallery: Gallery | None,  # type: ignore[no-untyped-def]
                    metrics: WorkerMetrics | None = None) -> Any:
-    pipeline = FacePipeline(detector, multitask, gallery)
+    # best shots referred to on the thumbnails topic, as `facestream consume` does
+    pipeline = FacePipeline(detector, multitask, gallery,
+                            thumbnail_ref=functools.partial(thumbnail_reference, config.thumbnails_topic))
     worker = KafkaWorker(pipeline, config, KafkaWorkerOptions(idle_exit_ms=4000), gallery=gallery, metrics=metrics)
     return worker.run()
 
@@ -184,6 +189,19 @@ def test_end_to_end_every_frame_has_a_result_and_identities_match_the_file_run( 
     assert alerts and all(a["type"] == "track_identified" and a["identity"]["name"] == LIN for a in alerts)
     ended = [t for t in tracks if t["type"] == "track_ended"]
     assert len(ended) == len([t for t in tracks if t["type"] == "track_started"])
+    # every ended track's best shot is on the thumbnails topic, under the summary's reference
+    shots = read_topic(broker.bootstrap, config.thumbnails_topic)
+    by_reference = {f"kafka:{config.thumbnails_topic}/{r.key.decode()}": r for r in shots}
+    assert len(by_reference) == len(shots) == len(ended)
+    for track in ended:
+        shot = by_reference[track["summary"]["best_shot"]["thumbnail"]]
+        headers = header_dict(shot.headers)
+        assert (headers["content-type"], headers["fs-track-id"]) == ("image/jpeg", str(track["track_id"]))
+        side = max(cv2.imdecode(np.frombuffer(shot.value, np.uint8), cv2.IMREAD_COLOR).shape[:2])
+        assert 0 < side <= 160  # the configured thumbnail size (smaller faces are not enlarged)
+    out = io.StringIO()
+    assert tail_topic(config, config.thumbnails_topic, out, idle_exit_ms=2000) == (len(shots), 0)
+    assert {json.loads(line)["key"] for line in out.getvalue().splitlines()} == {r.key.decode() for r in shots}
 
 
 # --- at least once ------------------------------------------------------------------------------
@@ -210,7 +228,7 @@ def test_killed_worker_replays_and_deduplicated_results_equal_a_clean_run(  # ty
     def results_config(name: str) -> KafkaConfig:
         return KafkaConfig(**{**vars(frames_config), "group_id": name, "detections_topic": f"{name}.detections",
                               "tracks_topic": f"{name}.tracks", "alerts_topic": f"{name}.alerts",
-                              "state_topic": f"{name}.state"})
+                              "thumbnails_topic": f"{name}.thumbnails", "state_topic": f"{name}.state"})
 
     clean, crashed = results_config("clean"), results_config("crashed")
     clean_worker = WorkerProcess(clean, model_store.home, tmp_path / "clean.log", idle_exit_ms=4000)
@@ -227,9 +245,17 @@ def test_killed_worker_replays_and_deduplicated_results_equal_a_clean_run(  # ty
 
     for kind in ("detections", "tracks"):
         clean_messages = messages(broker, f"clean.{kind}")
-        crashed_messages = messages(broker, f"crashed.{kind}")
+        # the runs publish best shots to topics of their own, so the references name them
+        crashed_messages = [json.loads(json.dumps(m).replace("kafka:crashed.thumbnails/", "kafka:clean.thumbnails/"))
+                            for m in messages(broker, f"crashed.{kind}")]
         clean_events, crashed_events = _by_event(clean_messages), _by_event(crashed_messages)
         assert crashed_events == clean_events, f"{kind}: after de-duplication the results differ from a clean run"
+    best_shots = {}  # the best shots too, byte for byte: the checkpoints carry them
+    for name in ("clean", "crashed"):
+        best_shots[name] = {}
+        for record in read_topic(broker.bootstrap, f"{name}.thumbnails"):
+            assert best_shots[name].setdefault(record.key, record.value) == record.value
+    assert best_shots["crashed"] == best_shots["clean"] and best_shots["clean"]
     frames = messages(broker, crashed.detections_topic)
     assert {m["frame_index"] for m in frames} == set(range(len(clip_frames)))
     replayed = len(frames) - len(clip_frames)
