@@ -14,7 +14,10 @@ Delivery and state:
   A worker that is given the partition (after a crash, or a rebalance) restores that state
   and resumes at that offset, so the replayed frames produce the same messages with the
   same event ids, and de-duplicating by event id gives what one uninterrupted run gives.
-  Should the commit fail (the group moved on), the state is not written.
+  Should the commit fail (the group moved on), the state is not written. Best-shot JPEGs
+  are messages of their own beside the checkpoint (:func:`checkpoint.detach_shots`):
+  written once, acknowledged before the first checkpoint that refers to them, and
+  tombstoned once the partition's latest checkpoint no longer does.
 - Malformed messages go to the dead-letter topic with the original key, value and headers
   and a reason; their offsets are committed like any other.
 - Rebalance: on revoke the worker ends the partition's tracks (``track_ended`` events),
@@ -30,6 +33,7 @@ Delivery and state:
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import json
 import logging
@@ -41,6 +45,13 @@ from typing import Any
 
 from gallery.gallery import Gallery
 from gallery.store import utc_now
+from stream_worker.checkpoint import (
+    SHOT_MARK,
+    attach_shots,
+    detach_shots,
+    is_shot_of,
+    shot_refs,
+)
 from stream_worker.frames import Frame
 from stream_worker.gallery_changelog import GalleryFollower
 from stream_worker.kafka_client import (
@@ -138,17 +149,23 @@ def _log_commit_failure(offsets: Any, response: Any) -> None:
 
 
 class CheckpointReader:
-    """The latest checkpoint per partition, read from the compacted state topic."""
+    """The latest checkpoint per partition and the best shots beside them, read from the
+    compacted state topic."""
 
     def __init__(self, config: KafkaConfig) -> None:
         self.reader = TopicReader(config, config.state_topic)
         self.latest: dict[str, dict[str, Any]] = {}
+        self.shots: dict[str, bytes] = {}
 
     def refresh(self, timeout_s: float = 30.0) -> None:
         for record in self.reader.read_to_end(timeout_s):
             key = record.key.decode() if record.key else ""
             if record.value is None:
                 self.latest.pop(key, None)
+                self.shots.pop(key, None)
+                continue
+            if SHOT_MARK in key:
+                self.shots[key] = record.value
                 continue
             try:
                 value = json.loads(record.value)
@@ -189,6 +206,8 @@ class KafkaWorker:
         self._dirty: set[Any] = set()
         """Partitions with input consumed since their last checkpoint."""
         self._last_checkpoint = time.monotonic()
+        self._shots: dict[Any, set[str]] = {}
+        """Per owned partition: the best-shot keys on the state topic (see :meth:`checkpoint`)."""
         self._last_loop: float | None = None
         """When the poll loop last turned (None before its first turn), for :meth:`health`."""
         self.last_lag: dict[int, int] = {}
@@ -449,6 +468,8 @@ class KafkaWorker:
         except KafkaError as exc:  # the group moved on: the new owner resumes from the previous checkpoint
             log.warning("commit failed (%s); not checkpointing %s", exc, sorted(tp.partition for tp in offsets))
             return False
+        written: dict[Any, tuple[bytes | None, set[str]]] = {}
+        new_shots = False
         for tp, offset in offsets.items():
             state = {
                 "format": CHECKPOINT_FORMAT, "topic": tp.topic, "partition": tp.partition, "offset": offset.offset,
@@ -459,38 +480,46 @@ class KafkaWorker:
                 "inputs": {sid: self.inputs[sid].to_json() for sid in sorted(self.partition_streams.get(tp, ()))
                            if sid in self.inputs},
             }
-            encoded = self._fitting_checkpoint(state)
+            shots = detach_shots(state, self._checkpoint_key(tp))
+            present = self._shots.setdefault(tp, set())
+            for key in sorted(shots.keys() - present):  # new best shots only
+                self.publisher.send(self.config.state_topic, key, shots[key], [("content-type", b"image/jpeg")])
+                present.add(key)
+                new_shots = True
+            written[tp] = (self._fitting_checkpoint(state), set(shots))
+        if new_shots and not self.publisher.flush():  # a checkpoint refers only to acknowledged shots
+            log.warning("best shots not written; not checkpointing (the next owner replays from the previous one)")
+            return False
+        for tp, (encoded, _) in written.items():
             if encoded is not None:
                 self.publisher.send(self.config.state_topic, self._checkpoint_key(tp), encoded,
                                     [("content-type", JSON_TYPE.encode())])
         if not self.publisher.flush():
             log.warning("checkpoint state not written; the next owner replays from the previous one")
             return False
+        for tp, (encoded, refs) in written.items():
+            if encoded is not None:  # the latest checkpoint no longer refers to these
+                self._tombstone_shots(tp, self._shots[tp] - refs)
         self._dirty -= set(offsets)
         self.stats.checkpoints += 1
         if self.metrics is not None:
             self.metrics.checkpoints.inc()
         return True
 
+    def _tombstone_shots(self, tp: Any, keys: set[str]) -> None:
+        for key in sorted(keys):
+            self.publisher.send(self.config.state_topic, key, None, [])
+        self._shots.get(tp, set()).difference_update(keys)
+
     def _fitting_checkpoint(self, state: dict[str, Any]) -> bytes | None:
-        """The checkpoint as JSON, within ``max_message_bytes``: without the tracks' best-shot
-        JPEGs if need be (their thumbnails are then lost), or None (not written: the next
-        owner replays from the previous checkpoint, which stays exact, only longer)."""
+        """The checkpoint as JSON (its best shots detached), or None when it exceeds
+        ``max_message_bytes`` (not written: the next owner replays from the previous
+        checkpoint, which stays exact, only longer)."""
         encoded = json.dumps(state).encode()
-        limit = self.config.max_message_bytes
-        if len(encoded) <= limit:
-            return encoded
-        for stream in state["streams"].values():
-            for track in (stream or {}).get("tracks", []):
-                if track.get("best") is not None:
-                    track["best"]["jpeg"] = None
-        encoded = json.dumps(state).encode()
-        if len(encoded) <= limit:
-            log.warning("partition %d: checkpoint above %d bytes; written without best-shot thumbnails",
-                        state["partition"], limit)
+        if len(encoded) <= self.config.max_message_bytes:
             return encoded
         log.error("partition %d: checkpoint of %d bytes exceeds max_message_bytes %d; not written (a take-over "
-                  "replays from the previous one)", state["partition"], len(encoded), limit)
+                  "replays from the previous one)", state["partition"], len(encoded), self.config.max_message_bytes)
         return None
 
     def rewind(self) -> None:
@@ -535,6 +564,7 @@ class KafkaWorker:
             self.positions.pop(tp, None)
             self.owned.discard(tp)
             self._dirty.discard(tp)
+            self._shots.pop(tp, None)
             self.last_lag.pop(tp.partition, None)
             if self.metrics is not None:
                 try:
@@ -548,8 +578,11 @@ class KafkaWorker:
         self.checkpoints.refresh()
         for tp in partitions:
             self.owned.add(tp)
-            saved = self.checkpoints.latest.get(self._checkpoint_key(tp))
+            key = self._checkpoint_key(tp)
+            saved = self.checkpoints.latest.get(key)
+            self._shots[tp] = {k for k in self.checkpoints.shots if is_shot_of(k, key)}
             if saved is None:
+                self._tombstone_shots(tp, set(self._shots[tp]))  # left by a worker that never checkpointed
                 if rewinding:  # (in the listener the consumer resumes at the committed offset by itself)
                     committed = self.consumer.committed(tp)
                     if committed is None:
@@ -574,6 +607,14 @@ class KafkaWorker:
 
     def _restore(self, tp: Any, saved: dict[str, Any]) -> int:
         """Restore a partition's streams from its checkpoint; returns the offset to resume at."""
+        assert self.checkpoints is not None
+        saved = copy.deepcopy(saved)  # (the reader's copy keeps its references)
+        refs = shot_refs(saved)
+        missing = attach_shots(saved, self.checkpoints.shots)
+        if missing:
+            log.warning("partition %d: %d best shots of the checkpoint are missing from %s; those tracks go on "
+                        "without a thumbnail", tp.partition, len(missing), self.config.state_topic)
+        self._tombstone_shots(tp, self._shots[tp] - refs)  # left by a crash after the checkpoint
         offset = int(saved["offset"])
         for sid, state in saved["streams"].items():
             self.partition_streams[tp].add(sid)

@@ -3,6 +3,7 @@ JSON round trip, in another pipeline object) continues exactly as the original w
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -72,29 +73,51 @@ def test_checkpoint_refuses_other_formats(detector, multitask) -> None:  # type:
         FacePipeline(detector, multitask, None).restore_stream("hamilton", {"format": "pickle"})
 
 
-def test_a_checkpoint_too_large_for_a_message_drops_thumbnails_then_is_skipped(  # type: ignore[no-untyped-def]
+def test_best_shots_leave_the_checkpoint_and_come_back_bit_identical(  # type: ignore[no-untyped-def]
     detector, multitask, clip_frames: list[Frame],
 ) -> None:
+    from stream_worker.checkpoint import attach_shots, detach_shots, shot_refs
+
+    pipeline = FacePipeline(detector, multitask, None)
+    _messages(pipeline, clip_frames[:40])
+    original = {"partition": 0, "streams": {"hamilton": pipeline.stream_checkpoint("hamilton")}}
+    jpegs = [base64.b64decode(t["best"]["jpeg"]) for t in original["streams"]["hamilton"]["tracks"] if t["best"]]
+    assert len(jpegs) >= 2 and all(j.startswith(b"\xff\xd8") for j in jpegs)
+    state = json.loads(json.dumps(original))
+    shots = detach_shots(state, "g/frames/0")
+    assert sorted(shots.values()) == sorted(jpegs)  # one message per best shot
+    assert all(k.startswith("g/frames/0/shot/") for k in shots) and shot_refs(state) == set(shots)
+    assert len(json.dumps(state)) < len(json.dumps(original)) - sum(len(j) for j in jpegs)  # no JPEG left inline
+    assert detach_shots(json.loads(json.dumps(original)), "g/frames/0") == shots  # content-addressed: same keys
+    assert attach_shots(state, shots) == [] and state == original
+    # a missing shot: the track goes on without a thumbnail
+    state = json.loads(json.dumps(original))
+    shots = detach_shots(state, "g/frames/0")
+    lost = min(shots)
+    assert attach_shots(state, {k: v for k, v in shots.items() if k != lost}) == [lost]
+    assert sum(t["best"]["jpeg"] is None for t in state["streams"]["hamilton"]["tracks"] if t["best"]) == 1
+    restored = FacePipeline(detector, multitask, None)
+    restored.restore_stream("hamilton", state["streams"]["hamilton"])
+    assert _messages(restored, clip_frames[40:60]) == _messages(pipeline, clip_frames[40:60])
+
+
+def test_a_checkpoint_too_large_for_a_message_is_skipped(detector, multitask,  # type: ignore[no-untyped-def]
+                                                         clip_frames: list[Frame]) -> None:
+    from stream_worker.checkpoint import detach_shots
     from stream_worker.kafka_client import KafkaConfig
     from stream_worker.kafka_worker import KafkaWorker
 
     pipeline = FacePipeline(detector, multitask, None)
     _messages(pipeline, clip_frames[:40])
     state = {"partition": 0, "streams": {"hamilton": pipeline.stream_checkpoint("hamilton")}}
-    full = len(json.dumps(state).encode())
-    jpegs = sum(len(t["best"]["jpeg"]) for t in state["streams"]["hamilton"]["tracks"] if t["best"])
-    assert jpegs > 2000
+    detach_shots(state, "g/frames/0")
+    size = len(json.dumps(state).encode())
 
     def fitted(limit: int) -> bytes | None:
-        worker = KafkaWorker(pipeline, KafkaConfig(max_message_bytes=limit))
-        return worker._fitting_checkpoint(json.loads(json.dumps(state)))
+        return KafkaWorker(pipeline, KafkaConfig(max_message_bytes=limit))._fitting_checkpoint(state)
 
-    assert fitted(full) == json.dumps(state).encode()  # fits: unchanged
-    smaller = fitted(full - 1000)
-    assert smaller is not None and len(smaller) < full - jpegs + 100  # the base64 JPEGs are gone
-    restored = json.loads(smaller)["streams"]["hamilton"]
-    assert all(t["best"]["jpeg"] is None for t in restored["tracks"] if t["best"])
-    assert fitted(1024) is None
+    assert fitted(size) == json.dumps(state).encode()
+    assert fitted(size - 1) is None
 
 
 def test_results_do_not_depend_on_how_streams_are_batched(detector, multitask, gallery: Gallery,  # type: ignore[no-untyped-def]

@@ -160,7 +160,8 @@ def test_end_to_end_every_frame_has_a_result_and_identities_match_the_file_run( 
     broker: TansuBroker, detector, multitask, master_gallery: Gallery, clip_frames: list[Frame],
     file_run: dict[int, set[str]], tmp_path: Path, fmt: str,
 ) -> None:
-    config = kafka_config(broker, f"e2e-{fmt}")
+    # small polls and a short interval: many checkpoints, so that several refer to one best shot
+    config = kafka_config(broker, f"e2e-{fmt}", checkpoint_interval_ms=200, max_poll_records=8, max_poll_frames=8)
     ensure_topics(config)
     publisher = GalleryPublisher(make_producer(config), config.gallery_topic)
     for identity in ("lin", "alex"):
@@ -202,6 +203,25 @@ def test_end_to_end_every_frame_has_a_result_and_identities_match_the_file_run( 
     out = io.StringIO()
     assert tail_topic(config, config.thumbnails_topic, out, idle_exit_ms=2000) == (len(shots), 0)
     assert {json.loads(line)["key"] for line in out.getvalue().splitlines()} == {r.key.decode() for r in shots}
+    checkpoints, best_shots = state_topic(broker, config)
+    referred = collections.Counter(track["best"]["jpeg_ref"].encode() for c in checkpoints
+                                   for stream in json.loads(c.value)["streams"].values() if stream
+                                   for track in stream.get("tracks", []) if track["best"])
+    assert set(referred) == set(best_shots) and max(referred.values()) >= 2  # checkpoints refer to shots...
+    assert all(writes == 1 for writes, _ in best_shots.values())  # ...written once each
+    assert all(gone for _, gone in best_shots.values())  # and tombstoned once the worker left
+
+
+def state_topic(broker: TansuBroker, config: KafkaConfig) -> tuple[list[Any], dict[bytes, tuple[int, bool]]]:
+    """The state topic: its checkpoint messages, and per best-shot key how many times its
+    JPEG was written and whether it ends tombstoned."""
+    records = read_topic(broker.bootstrap, config.state_topic)
+    checkpoints = [r for r in records if b"/shot/" not in r.key and r.value is not None]
+    writes: dict[bytes, list[bytes | None]] = {}
+    for r in records:
+        if b"/shot/" in r.key:
+            writes.setdefault(r.key, []).append(r.value)
+    return checkpoints, {k: (sum(v is not None for v in w), w[-1] is None) for k, w in writes.items()}
 
 
 # --- at least once ------------------------------------------------------------------------------
@@ -256,6 +276,8 @@ def test_killed_worker_replays_and_deduplicated_results_equal_a_clean_run(  # ty
         for record in read_topic(broker.bootstrap, f"{name}.thumbnails"):
             assert best_shots[name].setdefault(record.key, record.value) == record.value
     assert best_shots["crashed"] == best_shots["clean"] and best_shots["clean"]
+    _, kept = state_topic(broker, crashed)  # the second worker removed what the killed one left
+    assert kept and all(gone for _, gone in kept.values())
     frames = messages(broker, crashed.detections_topic)
     assert {m["frame_index"] for m in frames} == set(range(len(clip_frames)))
     replayed = len(frames) - len(clip_frames)
