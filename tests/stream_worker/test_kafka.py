@@ -270,7 +270,7 @@ def test_killed_worker_replays_and_deduplicated_results_equal_a_clean_run(  # ty
                             for m in messages(broker, f"crashed.{kind}")]
         clean_events, crashed_events = _by_event(clean_messages), _by_event(crashed_messages)
         assert crashed_events == clean_events, f"{kind}: after de-duplication the results differ from a clean run"
-    best_shots = {}  # the best shots too, byte for byte: the checkpoints carry them
+    best_shots = {}  # the best shots too, byte for byte: a take-over restores them from the state topic
     for name in ("clean", "crashed"):
         best_shots[name] = {}
         for record in read_topic(broker.bootstrap, f"{name}.thumbnails"):
