@@ -47,6 +47,7 @@ SCHEMA = "fs-schema"
 EVENT_ID = "fs-event-id"
 DLQ_REASON = "fs-dlq-reason"
 DLQ_KIND = "fs-dlq-kind"
+TRACK_ID = "fs-track-id"
 
 IMAGE_TYPES = ("image/jpeg", "image/png")
 VIDEO_TYPES = {"video/h264": "h264", "video/h265": "hevc", "video/mp2t": "mpegts"}
@@ -163,9 +164,6 @@ def result_headers(message: dict[str, Any]) -> Headers:
         (CONTENT_TYPE, JSON_TYPE.encode()), (SCHEMA, str(message["schema"]).encode()),
         (EVENT_ID, str(message["event_id"]).encode()), (STREAM_ID, str(message.get("stream_id", "")).encode()),
     ]
-
-
-TRACK_ID = "fs-track-id"
 
 
 def thumbnail_key(stream_id: str, track_id: int) -> str:
