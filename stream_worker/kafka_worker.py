@@ -64,6 +64,7 @@ from stream_worker.kafka_client import (
 from stream_worker.kafka_decode import StreamDecoder
 from stream_worker.kafka_publish import KafkaPublisher
 from stream_worker.kafka_wire import (
+    DEAD_LETTER_KINDS,
     JSON_TYPE,
     DeadLetterKind,
     MalformedMessageError,
@@ -195,6 +196,9 @@ class KafkaWorker:
         self.options = options or KafkaWorkerOptions()
         self.gallery = gallery
         self.metrics = metrics
+        if metrics is not None:  # every kind from the start at 0, so alerts can rate() them
+            for kind in DEAD_LETTER_KINDS:
+                metrics.dead_letters.labels(kind)
         self.sinks = list(sinks)
         self.stats = KafkaWorkerStats()
         self.worker_id = config.client_name
