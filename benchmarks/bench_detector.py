@@ -35,8 +35,8 @@ import onnxruntime
 
 from engines.config import DetectorConfig, RuntimeConfig
 from engines.detections import iou_matrix
-from engines.mtcnn import MTCNNDetector
-from engines.runtime import EngineRuntime, available_cpus
+from engines.mtcnn.detector import MTCNNDetector
+from engines.runtime.engine import EngineRuntime, available_cpus
 
 DEFAULT_VIDEO = (
     Path(__file__).resolve().parents[1].parent / "shared/data/faces/face_recognition/examples/short_hamilton_clip.mp4"

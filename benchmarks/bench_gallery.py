@@ -27,10 +27,10 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-
 from bench_detector import cpu_model
+
 from engines import EngineRuntime, MTCNNDetector, MultiTaskNet, read_image_file
-from engines.runtime import available_cpus
+from engines.runtime.engine import available_cpus
 from gallery.gallery import best_per_identity
 from gallery.index import IndexConfig, TemplateIndex
 from gallery.synthetic import EmbeddingDistribution, samples

@@ -36,12 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engines.image import decode_image
-from stream_worker.frames import Frame
-from stream_worker.kafka_client import KafkaConfig, ensure_topics, make_producer
-from stream_worker.kafka_produce import publish_frames
-from stream_worker.sources import open_source
-from tests.stream_worker.kafka_broker import TansuBroker, read_topic
-from tests.stream_worker.test_kafka import cameras_on_every_partition
+from stream_worker.kafka.client import KafkaConfig, ensure_topics, make_producer
+from stream_worker.kafka.produce import publish_frames
+from stream_worker.local.sources import open_source
+from stream_worker.pipeline.frames import Frame
+from tests.stream_worker.kafka.kafka_broker import TansuBroker, read_topic
+from tests.stream_worker.kafka.test_kafka import cameras_on_every_partition
 
 CLIP = REPO.parent / "shared/data/faces/face_recognition/examples/short_hamilton_clip.mp4"
 
@@ -65,7 +65,7 @@ def direct(cameras: int) -> None:
         MultiTaskNet,
         RuntimeConfig,
     )
-    from stream_worker.pipeline import FacePipeline
+    from stream_worker.pipeline.face_pipeline import FacePipeline
 
     names = [f"cam{i}" for i in range(cameras)]
     jpegs = [(f, cv2.imencode(".jpg", f.image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())

@@ -21,13 +21,13 @@ from pathlib import Path
 import cv2
 import dlib
 import numpy as np
-
 from bench_detector import DEFAULT_VIDEO, cpu_model, decode
-from engines import EngineRuntime, FaceDetections, MTCNNDetector, ModelStore, RuntimeConfig, read_image_file
-from engines.align import FaceAligner, square_box
-from engines.catalog import MULTITASK, SHAPE_PREDICTOR_FILE
-from engines.multitask import MultiTaskNet
-from engines.runtime import available_cpus
+
+from engines import EngineRuntime, FaceDetections, ModelStore, MTCNNDetector, RuntimeConfig, read_image_file
+from engines.multitask.align import FaceAligner, square_box
+from engines.multitask.network import MultiTaskNet
+from engines.runtime.engine import available_cpus
+from engines.store.catalog import MULTITASK, SHAPE_PREDICTOR_FILE
 
 FACES_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/faces"
 PHOTOS = sorted((FACES_DIR / "deepface/tests/unit/dataset").glob("img*.jpg"))[:40]

@@ -12,13 +12,13 @@ import statistics
 import time
 
 import numpy as np
-
 from bench_detector import DEFAULT_VIDEO, decode
+
 from engines.config import RuntimeConfig
-from engines.mtcnn import MTCNNDetector, normalise
-from engines.catalog import PNET
-from engines.nms import Overlap, nms_numpy, nms_opencv
-from engines.runtime import EngineRuntime
+from engines.mtcnn.detector import MTCNNDetector, normalise
+from engines.mtcnn.nms import Overlap, nms_numpy, nms_opencv
+from engines.runtime.engine import EngineRuntime
+from engines.store.catalog import PNET
 
 
 def main() -> None:

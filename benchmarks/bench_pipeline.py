@@ -23,19 +23,19 @@ from pathlib import Path
 import cv2
 import dlib
 import numpy as np
-
 from bench_detector import DEFAULT_VIDEO, cpu_model, decode
 from bench_gallery import real_embeddings
-from engines import EngineRuntime, MTCNNDetector, MultiTaskNet, ModelStore, RuntimeConfig
-from engines.catalog import MULTITASK, SHAPE_PREDICTOR_FILE
-from engines.runtime import available_cpus
+
+from engines import EngineRuntime, ModelStore, MTCNNDetector, MultiTaskNet, RuntimeConfig
+from engines.runtime.engine import available_cpus
+from engines.store.catalog import MULTITASK, SHAPE_PREDICTOR_FILE
 from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.gallery import Gallery
 from gallery.synthetic import EmbeddingDistribution, samples
-from stream_worker.analyze import FaceAnalyzer
-from stream_worker.pipeline import FacePipeline, PipelineConfig, stage_summary
-from stream_worker.sinks import JsonLinesSink
-from stream_worker.worker import Worker
+from stream_worker.local.sinks import JsonLinesSink
+from stream_worker.local.worker import Worker
+from stream_worker.photos import FaceAnalyzer
+from stream_worker.pipeline.face_pipeline import FacePipeline, PipelineConfig, stage_summary
 
 EXAMPLES = DEFAULT_VIDEO.parent
 

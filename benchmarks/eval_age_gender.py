@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engines import EngineRuntime, MTCNNDetector, read_image_file
-from engines.multitask import MultiTaskNet
+from engines.multitask.network import MultiTaskNet
 
 FACES_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/faces"
 BUCKETS = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"]

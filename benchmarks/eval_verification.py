@@ -10,7 +10,7 @@ Reported:
   accuracy, midpoint of the best interval) and tested on the 10th, so no pair is scored
   with a threshold fitted on itself;
 - the threshold fitted on all pairs (same rule), which is what FaceStream ships as
-  ``engines.verification.DEFAULT_SIMILARITY_THRESHOLD``, and the accuracy at it;
+  ``engines.multitask.verification.DEFAULT_SIMILARITY_THRESHOLD``, and the accuracy at it;
 - dlib's own rule (Euclidean distance < 0.6 on its raw descriptors) for comparison.
 
 Run by hand: ``python benchmarks/eval_verification.py [--pairs CSV]``.
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from engines import EngineRuntime, MTCNNDetector, read_image_file
-from engines.multitask import MultiTaskNet
-from engines.verification import DEFAULT_SIMILARITY_THRESHOLD, fit_threshold
+from engines.multitask.network import MultiTaskNet
+from engines.multitask.verification import DEFAULT_SIMILARITY_THRESHOLD, fit_threshold
 
 DEFAULT_PAIRS = Path(__file__).resolve().parents[1].parent / "shared/data/faces/pairs.csv"
 

@@ -1,7 +1,7 @@
 """FaceStream gallery: identities and face templates in SQLite, searched with FAISS.
 
 :class:`gallery.gallery.Gallery` works on embeddings; :class:`gallery.enrol.PhotoEnroller`
-enrols and searches photos with an embedder passed in (see ``stream_worker.analyze``).
+enrols and searches photos with an embedder passed in (see ``stream_worker.photos``).
 """
 
 from gallery.calibration import Calibration, calibrate

@@ -8,7 +8,7 @@ calibrated on the operator's own pairs store their own threshold, which takes pr
 
 from __future__ import annotations
 
-from engines.catalog import EMBEDDING_MODEL_ID
+from engines.store.catalog import EMBEDDING_MODEL_ID
 from gallery.calibration import Calibration
 
 DEFAULT_CALIBRATIONS: dict[str, Calibration] = {

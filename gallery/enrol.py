@@ -34,7 +34,7 @@ class FaceEmbedder(Protocol):
 @dataclass(frozen=True, kw_only=True)
 class EnrolPolicy:
     min_quality: float = 0.5
-    """Faces below this quality (see engines.face_attributes.quality_score) are refused."""
+    """Faces below this quality (see engines.multitask.attributes.quality_score) are refused."""
     largest_face: bool = False
     """Enrol the largest face of a photo with several faces instead of refusing it."""
     background_ratio: float = 0.3

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.catalog import EMBEDDING_MODEL_ID
+from engines.store.catalog import EMBEDDING_MODEL_ID
 from gallery.defaults import DEFAULT_CALIBRATIONS
 from gallery.errors import EnrolmentRefusedError, GalleryError
 from gallery.index import IndexConfig, TemplateIndex

@@ -26,10 +26,10 @@ import yaml
 from engines.config import DetectorConfig, RuntimeConfig
 from engines.errors import ConfigError
 from gallery.index import IndexConfig
-from stream_worker.kafka_client import KafkaConfig
-from stream_worker.pipeline import PipelineConfig
-from stream_worker.track_state import IdentifyConfig
-from stream_worker.tracker import TrackerConfig
+from stream_worker.kafka.client import KafkaConfig
+from stream_worker.pipeline.face_pipeline import PipelineConfig
+from stream_worker.pipeline.track_state import IdentifyConfig
+from stream_worker.pipeline.tracker import TrackerConfig
 
 ENV_PREFIX = "FACESTREAM__"
 

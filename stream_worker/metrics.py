@@ -24,7 +24,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from stream_worker.pipeline import FrameOutput
+    from stream_worker.pipeline.face_pipeline import FrameOutput
 
 log = logging.getLogger(__name__)
 

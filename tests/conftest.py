@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.catalog import BUNDLES, MTCNN, MULTITASK
 from engines.config import RuntimeConfig
 from engines.image import read_image_file
-from engines.model_store import ModelStore
-from engines.mtcnn import MTCNNDetector
-from engines.multitask import MultiTaskNet
-from engines.runtime import EngineRuntime
+from engines.mtcnn.detector import MTCNNDetector
+from engines.multitask.network import MultiTaskNet
+from engines.runtime.engine import EngineRuntime
+from engines.store.catalog import BUNDLES, MTCNN, MULTITASK
+from engines.store.model_store import ModelStore
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
@@ -86,7 +86,7 @@ def hamilton_frames(faces_dir: Path) -> list:  # type: ignore[type-arg]
     """Every frame of the shared 10 s clip, decoded once (stream id ``hamilton``)."""
     import threading
 
-    from stream_worker.sources import open_source
+    from stream_worker.local.sources import open_source
 
     clip = faces_dir / "face_recognition/examples/short_hamilton_clip.mp4"
     return list(open_source("hamilton", str(clip)).frames(threading.Event()))
@@ -99,7 +99,7 @@ def hamilton_gallery(tmp_path_factory: pytest.TempPathFactory, detector: MTCNNDe
     their photos. Read-only for the tests that share it."""
     from gallery.enrol import EnrolPolicy, PhotoEnroller
     from gallery.gallery import Gallery
-    from stream_worker.analyze import FaceAnalyzer
+    from stream_worker.photos import FaceAnalyzer
 
     gallery = Gallery(tmp_path_factory.mktemp("hamilton-gallery") / "people.db")
     enroller = PhotoEnroller(gallery, FaceAnalyzer(detector, multitask), EnrolPolicy(min_quality=0.0))

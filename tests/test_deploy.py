@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from stream_worker.cli import main
-from stream_worker.kafka_client import PASSWORD_ENV
+from stream_worker.cli.main import main
+from stream_worker.kafka.client import PASSWORD_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 KUBE = REPO / "deploy" / "kubernetes"

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from gallery.api import create_app
 from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.gallery import Gallery
-from stream_worker.analyze import FaceAnalyzer
+from stream_worker.photos import FaceAnalyzer
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -9,7 +9,7 @@ import pytest
 
 from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.gallery import Gallery
-from stream_worker.analyze import FaceAnalyzer
+from stream_worker.photos import FaceAnalyzer
 
 # Named people with several photos, left out of the gallery: their photos must come back unknown.
 NOT_ENROLLED = ("kit_harington", "rose_leslie", "tom_cruise")

@@ -1,0 +1,13 @@
+"""Face analysis: alignment and the multi-task network.
+
+Contract: :meth:`MultiTaskNet.analyze` takes images and their :class:`FaceDetections`
+and returns one :class:`FaceAttributes` per image, row i for detection i: L2-normalised
+identity embedding, age and its spread, P(male), head pose, sharpness and quality.
+:func:`verify` compares two embeddings against a threshold.
+"""
+
+from engines.multitask.attributes import FaceAttributes
+from engines.multitask.network import MultiTaskNet
+from engines.multitask.verification import DEFAULT_SIMILARITY_THRESHOLD, Verification, verify
+
+__all__ = ["DEFAULT_SIMILARITY_THRESHOLD", "FaceAttributes", "MultiTaskNet", "Verification", "verify"]

@@ -1,0 +1,33 @@
+"""``facestream tail``: print a topic's messages, validated against their schemas."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from stream_worker.cli.options import BOOTSTRAP_ENV
+from stream_worker.cli.startup import bootstrap_servers, stop_on_signals
+from stream_worker.kafka.client import KafkaConfig
+from stream_worker.kafka.tail import tail_topic
+
+
+def add_parsers(commands: Any) -> None:
+    tail = commands.add_parser(
+        "tail", help="print a result topic's messages, validated against their schemas",
+        description="Read a topic from the beginning (or only new messages with --follow-new) and print one JSON "
+        "object per line; messages that fail their JSON Schema are reported on standard error.",
+    )
+    tail.add_argument("--topic", required=True)
+    tail.add_argument("--bootstrap", metavar="HOST:PORT", help=f"brokers (env {BOOTSTRAP_ENV})")
+    tail.add_argument("--new", action="store_true", help="only messages published from now on")
+    tail.add_argument("--idle-exit-ms", type=int, default=0, help="stop after this long without messages (0: never)")
+    tail.add_argument("--max-messages", type=int, default=0, help="stop after this many (0: no limit)")
+    tail.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = KafkaConfig(bootstrap_servers=bootstrap_servers(args))
+    _, invalid = tail_topic(config, args.topic, sys.stdout, from_start=not args.new, idle_exit_ms=args.idle_exit_ms,
+                            max_messages=args.max_messages, stop=stop_on_signals())
+    return 1 if invalid else 0

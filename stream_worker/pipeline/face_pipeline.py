@@ -1,0 +1,395 @@
+"""The per-frame pipeline: detect, align and analyse, track, identify, emit.
+
+:class:`FacePipeline` processes a batch of frames (at most one per stream at a time, in
+stream order) and returns, per frame, its :class:`FrameResult` and the track events it
+caused. Per-stream state (tracker, track states, detection schedule) lives in a
+:class:`StreamState` created on a stream's first frame and dropped by :meth:`end_stream`.
+
+Schedules (so throughput is not bound by the full pyramid and the multi-task network on
+every face of every frame):
+
+- detection: a full MTCNN pass every ``detect_every_frames`` frames of a stream and on
+  scene cuts; in between, only the boxes the tracker predicts are refined with R-Net and
+  O-Net (a few crops instead of the image pyramid). A new face is found within
+  ``detect_every_frames`` frames.
+- analysis: every face of a full-detection frame is analysed (its embedding also guards
+  the tracker against joining different people); between, a confirmed track's face is
+  analysed every ``analyze_every_frames`` frames. Faces of confirmed tracks report the
+  track's smoothed age and gender; pose and quality are computed for every face on every
+  frame (quality with the sharpness of the track's last analysis).
+- within a shot, refined faces join their tracks by overlap; a scene cut (see
+  :class:`SceneCut`) forces full detection and analysis, so no track crosses a cut on
+  position alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engines.detections import FaceDetections
+from engines.errors import ConfigError
+from engines.mtcnn.detector import MTCNNDetector
+from engines.multitask.attributes import (
+    FaceAttributes,
+    attribute_record,
+    head_pose,
+    quality_score,
+)
+from engines.multitask.network import MultiTaskNet
+from gallery.gallery import Gallery
+from stream_worker.messages.results import FrameResult, TrackEvent
+from stream_worker.messages.state import STATE_FORMAT
+from stream_worker.pipeline.frames import Frame
+from stream_worker.pipeline.schedule import SceneCut
+from stream_worker.pipeline.track_state import IdentifyConfig, TrackState
+from stream_worker.pipeline.tracker import FaceTracker, TrackerConfig, TrackUpdate
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    detect_every_frames: int = 5
+    """Full detection on every n-th frame of a stream; refinement of tracked faces between."""
+    analyze_every_frames: int = 5
+    """A tracked face is analysed (embedding, age, gender, sharpness) at least every n-th frame;
+    always on full-detection frames and while its track is unconfirmed."""
+    scene_cut_mad: float = 20.0
+    """Mean absolute difference (grey levels, 64x36 thumbnails) between consecutive frames
+    above which the frame is a scene cut: full detection and analysis. 0: never."""
+    thumbnail_size_px: int = 160
+    """Longest side of a best-shot JPEG."""
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
+
+    def __post_init__(self) -> None:
+        if self.detect_every_frames < 1 or self.analyze_every_frames < 1 or self.thumbnail_size_px < 16:
+            raise ConfigError("pipeline: detect_every_frames and analyze_every_frames must be >= 1, "
+                              "thumbnail_size_px >= 16")
+
+
+STAGES = ("detect", "analyze", "track", "identify")
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, and frames processed, since start."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    frames: int = 0
+    faces: int = 0
+
+
+@dataclass
+class FrameOutput:
+    frame: Frame
+    result: FrameResult
+    events: list[TrackEvent]
+    thumbnails: dict[int, bytes]
+    """Best-shot JPEGs of the tracks that ended on this frame, by track id."""
+    detections: FaceDetections
+    track_ids: list[int | None]
+    attributes: list[dict[str, object]]
+    """Per face: age, age_std, gender, gender_score, pose, quality."""
+
+
+@dataclass
+class StreamState:
+    tracker: FaceTracker
+    scene: SceneCut
+    tracks: dict[int, TrackState] = field(default_factory=dict)
+    last_frame: int = -1
+    last_full_detection: int | None = None
+
+
+ThumbnailRef = Callable[[str, int], str | None]
+
+
+class FacePipeline:
+    def __init__(
+        self,
+        detector: MTCNNDetector,
+        multitask: MultiTaskNet,
+        gallery: Gallery | None,
+        config: PipelineConfig | None = None,
+        *,
+        thumbnail_ref: ThumbnailRef = lambda stream, track: None,
+    ) -> None:
+        self.detector = detector
+        self.multitask = multitask
+        self.gallery = gallery
+        self.config = config or PipelineConfig()
+        self.thumbnail_ref = thumbnail_ref
+        self.streams: dict[str, StreamState] = {}
+        self.times = StageTimes()
+
+    def _stream(self, stream_id: str) -> StreamState:
+        if stream_id not in self.streams:
+            self.streams[stream_id] = StreamState(FaceTracker(self.config.tracker), SceneCut(self.config.scene_cut_mad))
+        return self.streams[stream_id]
+
+    # --- stages ----------------------------------------------------------------------------
+
+    def _detect(self, frames: Sequence[Frame]) -> tuple[list[FaceDetections], list[bool]]:
+        """Detections per frame, and whether each frame had a full detection."""
+        full: list[int] = []
+        refine: list[int] = []
+        predicted: list[np.ndarray] = []
+        for k, frame in enumerate(frames):
+            state = self._stream(frame.stream_id)
+            cut = state.scene(frame.image)
+            due = state.last_full_detection is None or frame.index - state.last_full_detection >= self.config.detect_every_frames
+            boxes = state.tracker.predicted_boxes(frame.index)
+            if cut or due or not boxes:
+                full.append(k)
+                state.last_full_detection = frame.index
+            else:
+                refine.append(k)
+                predicted.append(np.array(list(boxes.values())))
+        out: list[FaceDetections | None] = [None] * len(frames)
+        if full:
+            for k, found in zip(full, self.detector.detect_batch([frames[k].image for k in full])):
+                out[k] = found
+        if refine:
+            for k, found in zip(refine, self.detector.refine_batch([frames[k].image for k in refine], predicted)):
+                out[k] = found
+        is_full = [k in full for k in range(len(frames))]
+        return [d for d in out if d is not None], is_full
+
+    def process(self, frames: Sequence[Frame]) -> list[FrameOutput]:
+        """Process frames of different streams (one per stream, each after the previous frame
+        of its stream)."""
+        if len({f.stream_id for f in frames}) != len(frames):
+            raise ValueError("process() takes at most one frame per stream per call")
+        for frame in frames:
+            state = self._stream(frame.stream_id)
+            if frame.index <= state.last_frame:
+                raise ValueError(f"stream {frame.stream_id}: frame {frame.index} after frame {state.last_frame}")
+        times = self.times.seconds
+        started = time.perf_counter()
+        detections, is_full = self._detect(frames)
+        times["detect"] += time.perf_counter() - started
+
+        # Refined frames join tracks by overlap first, so their analyses can be scheduled.
+        started = time.perf_counter()
+        updates: dict[int, TrackUpdate] = {}
+        for k, frame in enumerate(frames):
+            if not is_full[k]:
+                updates[k] = self._stream(frame.stream_id).tracker.update(frame.index, detections[k].boxes, None)
+        times["track"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        rows = [self._to_analyse(frame, detections[k], is_full[k], updates.get(k)) for k, frame in enumerate(frames)]
+        analysed = self.multitask.analyze([f.image for f in frames], [d[r] for d, r in zip(detections, rows)])
+        times["analyze"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        for k, frame in enumerate(frames):
+            if is_full[k]:
+                embeddings = analysed[k].embeddings if len(detections[k]) else None
+                updates[k] = self._stream(frame.stream_id).tracker.update(frame.index, detections[k].boxes, embeddings)
+        outputs = [
+            self._record(frame, detections[k], updates[k], rows[k], analysed[k]) for k, frame in enumerate(frames)
+        ]
+        times["track"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        self._identify(frames, outputs)
+        times["identify"] += time.perf_counter() - started
+
+        for output in outputs:
+            output.result = self._frame_result(output)
+        self.times.frames += len(frames)
+        self.times.faces += sum(len(d) for d in detections)
+        return outputs
+
+    def _to_analyse(self, frame: Frame, faces: FaceDetections, full: bool, update: TrackUpdate | None) -> list[int]:
+        if full or update is None:
+            return list(range(len(faces)))
+        tracks = self._stream(frame.stream_id).tracks
+        every = self.config.analyze_every_frames
+        return [
+            i for i, track_id in enumerate(update.track_ids)
+            if track_id is None or track_id not in tracks or tracks[track_id].due(frame.index, every)
+        ]
+
+    def _record(
+        self, frame: Frame, faces: FaceDetections, update: TrackUpdate, rows: list[int], analysed: FaceAttributes
+    ) -> FrameOutput:
+        """Track events, track states and per-face attributes of one frame."""
+        state = self._stream(frame.stream_id)
+        state.last_frame = frame.index
+        events = []
+        for track_id in update.started:
+            state.tracks[track_id] = TrackState(frame.stream_id, track_id, frame.index, frame.pts_ms, self.config.identify)
+            events.append(TrackEvent("track_started", frame.stream_id, track_id, frame.index, frame.pts_ms))
+        fresh = {face: j for j, face in enumerate(rows)}
+        poses = head_pose(faces.landmarks, faces.image_width, faces.image_height) if len(faces) else np.zeros((0, 3))
+        attributes: list[dict[str, object]] = []
+        for i, track_id in enumerate(update.track_ids):
+            track = state.tracks.get(track_id) if track_id is not None else None
+            j = fresh.get(i)
+            if j is not None and track is not None:
+                improved = track.observe(
+                    frame.index, frame.pts_ms, faces.boxes[i], float(analysed.qualities[j]), float(analysed.ages[j]),
+                    float(analysed.male_probs[j]), analysed.embeddings[j], float(analysed.sharpness[j]),
+                )
+                if improved and track.best is not None:
+                    track.best.jpeg = self._thumbnail(frame.image, faces.boxes[i])
+            elif track is not None:
+                track.seen(frame.index, frame.pts_ms)
+            attributes.append(self._attributes(faces, i, poses[i], track, analysed, j))
+        thumbnails = {}
+        for track_id in update.ended:
+            event, jpeg = self._end_track(state, frame.stream_id, track_id)
+            events.append(event)
+            if jpeg is not None:
+                thumbnails[track_id] = jpeg
+        empty = FrameResult(frame.stream_id, frame.index, frame.pts_ms, frame.received_utc, 1, 1, ())
+        return FrameOutput(frame, empty, events, thumbnails, faces, update.track_ids, attributes)
+
+    @staticmethod
+    def _attributes(
+        faces: FaceDetections, i: int, pose: np.ndarray, track: TrackState | None, analysed: FaceAttributes, j: int | None
+    ) -> dict[str, object]:
+        """A face's attributes: the track's smoothed age and gender when it has a track, the
+        frame's own estimate otherwise; pose and quality of this frame."""
+        side = np.array([max(faces.boxes[i, 2] - faces.boxes[i, 0], faces.boxes[i, 3] - faces.boxes[i, 1])])
+        if j is not None:
+            sharpness = float(analysed.sharpness[j])
+        else:
+            sharpness = track.sharpness if track is not None else 0.0
+        quality = float(quality_score(side, np.array([sharpness]), pose[None], faces.scores[i : i + 1])[0])
+        if track is not None and track.frames_analysed:
+            age, spread = track.age
+            return attribute_record(age, spread, track.male_probability, pose, quality)
+        if j is None:  # cannot happen: faces without a track are always analysed
+            raise ValueError("a face without a track was not analysed")
+        return attribute_record(float(analysed.ages[j]), float(analysed.age_stds[j]), float(analysed.male_probs[j]),
+                                pose, quality)
+
+    def _identify(self, frames: Sequence[Frame], outputs: list[FrameOutput]) -> None:
+        if self.gallery is None:
+            return
+        wanting = [
+            (output, track, track.best)
+            for output in outputs
+            for track in self._stream(output.frame.stream_id).tracks.values()
+            if track.last_frame == output.frame.index and track.wants_search() and track.best is not None
+        ]
+        if not wanting:
+            return
+        results = self.gallery.search(np.stack([best.embedding for _, _, best in wanting]), k=1)
+        for (output, track, best), matches in zip(wanting, results):
+            previous = track.identity
+            changed = track.add_search(matches[0] if matches else None, best.quality)
+            if changed is not None:
+                frame = output.frame
+                output.events.append(TrackEvent(
+                    "track_identified", frame.stream_id, track.track_id, frame.index, frame.pts_ms,
+                    identity=changed, previous_identity=previous,
+                ))
+
+    def _frame_result(self, output: FrameOutput) -> FrameResult:
+        frame, faces = output.frame, output.detections
+        tracks = self._stream(frame.stream_id).tracks
+        records = []
+        for i, face in enumerate(faces.to_json()):
+            track_id = output.track_ids[i]
+            identity = tracks[track_id].identity if track_id is not None and track_id in tracks else None
+            face.update(output.attributes[i])
+            face["track_id"] = track_id
+            face["identity"] = None if identity is None else identity.to_json()
+            records.append(face)
+        height, width = frame.image.shape[:2]
+        return FrameResult(frame.stream_id, frame.index, frame.pts_ms, frame.received_utc, width, height,
+                           tuple(records), frame.gap)
+
+    # --- tracks ---------------------------------------------------------------------------
+
+    def _thumbnail(self, image: np.ndarray, box: np.ndarray) -> bytes:
+        x1, y1, x2, y2 = box
+        pad = 0.25 * max(x2 - x1, y2 - y1)
+        h, w = image.shape[:2]
+        crop = image[max(0, int(y1 - pad)):min(h, int(y2 + pad)), max(0, int(x1 - pad)):min(w, int(x2 + pad))]
+        scale = self.config.thumbnail_size_px / max(crop.shape[:2])
+        if scale < 1:
+            crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        return encoded.tobytes() if ok else b""
+
+    def _end_track(self, state: StreamState, stream_id: str, track_id: int) -> tuple[TrackEvent, bytes | None]:
+        track = state.tracks.pop(track_id)  # per-track state is evicted when the track ends
+        jpeg = track.best.jpeg if track.best is not None else None
+        reference = self.thumbnail_ref(stream_id, track_id) if jpeg else None
+        event = TrackEvent(
+            "track_ended", stream_id, track_id, track.last_frame, track.last_pts_ms,
+            identity=track.identity, summary=track.summary(reference),
+        )
+        return event, jpeg
+
+    # --- checkpoints (Kafka: a partition's streams move between workers) ---------------------
+
+    def stream_checkpoint(self, stream_id: str, *, closed: bool = False) -> dict[str, Any] | None:
+        """A stream's whole state (``closed``: only what a fresh start after
+        :meth:`end_stream` must keep: the next track id and the last frame), or None for a
+        stream this pipeline has not seen."""
+        state = self.streams.get(stream_id)
+        if state is None:
+            return None
+        record: dict[str, Any] = {"format": STATE_FORMAT, "last_frame": state.last_frame,
+                                  "next_track_id": state.tracker.next_id, "closed": closed}
+        if not closed:
+            record |= {
+                "last_full_detection": state.last_full_detection, "tracker": state.tracker.to_state(),
+                "scene": state.scene.to_state(), "tracks": [t.to_state() for t in state.tracks.values()],
+            }
+        return record
+
+    def restore_stream(self, stream_id: str, record: dict[str, Any]) -> None:
+        """Continue a stream from :meth:`stream_checkpoint`'s output."""
+        if record.get("format") != STATE_FORMAT:
+            raise ValueError(f"stream {stream_id}: checkpoint format {record.get('format')!r}, expected {STATE_FORMAT}")
+        self.streams.pop(stream_id, None)
+        state = self._stream(stream_id)
+        state.last_frame = int(record["last_frame"])
+        if record["closed"]:
+            state.tracker.continue_ids_from(int(record["next_track_id"]))
+            return
+        state.last_full_detection = record["last_full_detection"]
+        state.tracker.restore(record["tracker"])
+        state.scene.restore(record["scene"])
+        for t in record["tracks"]:
+            track = TrackState.from_state(t, self.config.identify)
+            state.tracks[track.track_id] = track
+
+    def forget_identity(self, identity_id: str) -> None:
+        """An identity was erased: live tracks drop its votes and, if named after it, the name."""
+        for state in self.streams.values():
+            for track in state.tracks.values():
+                track.forget_identity(identity_id)
+
+    def end_stream(self, stream_id: str) -> tuple[list[TrackEvent], dict[int, bytes]]:
+        """End every live track of a stream (end of file, stream removed, partition revoked)
+        and forget the stream's state."""
+        state = self.streams.pop(stream_id, None)
+        if state is None:
+            return [], {}
+        events, thumbnails = [], {}
+        for track_id in sorted(state.tracks):
+            event, jpeg = self._end_track(state, stream_id, track_id)
+            events.append(event)
+            if jpeg is not None:
+                thumbnails[track_id] = jpeg
+        state.tracker.reset()
+        return events, thumbnails
+
+
+def stage_summary(times: StageTimes) -> dict[str, float]:
+    """Milliseconds per processed frame spent in each stage."""
+    frames = max(times.frames, 1)
+    return {stage: round(seconds / frames * 1000, 2) for stage, seconds in times.seconds.items()}

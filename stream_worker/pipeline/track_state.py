@@ -1,0 +1,228 @@
+"""What a track knows: smoothed age and gender, identity votes, its best shot.
+
+One :class:`TrackState` per live track, dropped when the track ends; everything in it is
+bounded (age samples are a fixed-size window), so a 24/7 stream does not grow memory.
+
+Identity is decided per track, not per frame: the gallery is searched when the track is
+confirmed and whenever its best face quality improves by ``search_quality_gain``; each
+search that matches adds a vote weighted by face quality and score. A track takes the
+identity with the most weight; once named, it changes only when another identity's weight
+reaches ``switch_ratio`` times the current one's, and the change is an event.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engines.errors import ConfigError
+from gallery.gallery import Match
+from stream_worker.messages.results import IdentityRef
+from stream_worker.messages.state import pack_array, pack_bytes, unpack_array, unpack_bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdentifyConfig:
+    min_quality: float = 0.3
+    """Faces below this quality are never searched."""
+    search_quality_gain: float = 0.05
+    """Search again when the track's best quality improves by this much."""
+    switch_ratio: float = 1.5
+    """A named track changes identity only when another's vote weight is this many times its own."""
+    age_window: int = 64
+    """Most recent (age, quality) samples kept per track for the robust age."""
+
+    def __post_init__(self) -> None:
+        if self.switch_ratio < 1 or self.age_window < 1:
+            raise ConfigError("identify: switch_ratio must be >= 1 and age_window >= 1")
+
+
+@dataclass
+class _Vote:
+    name: str
+    weight: float = 0.0
+    searches: int = 0
+    best_score: float = 0.0
+
+
+@dataclass
+class BestShot:
+    frame_index: int
+    box: tuple[float, float, float, float]
+    quality: float
+    embedding: np.ndarray
+    jpeg: bytes | None = None
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
+@dataclass
+class TrackState:
+    stream_id: str
+    track_id: int
+    first_frame: int
+    first_pts_ms: float | None
+    config: IdentifyConfig
+    last_frame: int = 0
+    last_pts_ms: float | None = None
+    frames: int = 0
+    best: BestShot | None = None
+    last_analysed_frame: int = -1
+    sharpness: float = 0.0
+    """Sharpness of the last analysed face (for the quality of the frames between analyses)."""
+    searched_quality: float = -1.0
+    identity: IdentityRef | None = None
+    _votes: dict[str, _Vote] = field(default_factory=dict)
+    _ages: deque[tuple[float, float]] = field(default_factory=deque)
+    _male_weighted: float = 0.0
+    _weight: float = 0.0
+
+    def seen(self, frame_index: int, pts_ms: float | None) -> None:
+        """A sighting without a fresh analysis (between scheduled analyses)."""
+        self.frames += 1
+        self.last_frame, self.last_pts_ms = frame_index, pts_ms
+
+    @property
+    def frames_analysed(self) -> int:
+        return len(self._ages)
+
+    def due(self, frame_index: int, every: int) -> bool:
+        """Whether this track's face should be analysed again on ``frame_index``."""
+        return frame_index - self.last_analysed_frame >= every
+
+    def observe(
+        self, frame_index: int, pts_ms: float | None, box: np.ndarray, quality: float, age: float, male: float,
+        embedding: np.ndarray, sharpness: float = 0.0,
+    ) -> bool:
+        """Record one analysed sighting; True if the best shot improved (a thumbnail is due)."""
+        self.seen(frame_index, pts_ms)
+        self.last_analysed_frame = frame_index
+        self.sharpness = sharpness
+        weight = max(quality, 1e-3)
+        self._ages.append((age, weight))
+        while len(self._ages) > self.config.age_window:
+            self._ages.popleft()
+        self._male_weighted += male * weight
+        self._weight += weight
+        if self.best is None or quality > self.best.quality:
+            self.best = BestShot(frame_index, tuple(float(v) for v in box), quality, embedding.copy())  # type: ignore[arg-type]
+            return True
+        return False
+
+    def wants_search(self) -> bool:
+        """Whether the gallery should be searched with the current best shot."""
+        if self.best is None or self.best.quality < self.config.min_quality:
+            return False
+        return self.best.quality >= self.searched_quality + self.config.search_quality_gain
+
+    def add_search(self, match: Match | None, quality: float) -> IdentityRef | None:
+        """Count a search result; returns the new identity if the decision changed."""
+        self.searched_quality = quality
+        if match is None or match.decision != "match":
+            return None
+        vote = self._votes.setdefault(match.identity_id, _Vote(match.name))
+        vote.weight += quality * match.score
+        vote.searches += 1
+        vote.best_score = max(vote.best_score, match.score)
+        leader_id = max(self._votes, key=lambda i: self._votes[i].weight)
+        if self.identity is not None and leader_id != self.identity.identity_id:
+            current = self._votes[self.identity.identity_id].weight
+            if self._votes[leader_id].weight < self.config.switch_ratio * current:
+                leader_id = self.identity.identity_id
+        leader = self._votes[leader_id]
+        decided = IdentityRef(leader_id, leader.name, leader.best_score, "match")
+        changed = self.identity is None or self.identity.identity_id != leader_id
+        self.identity = decided
+        return decided if changed else None
+
+    @property
+    def age(self) -> tuple[float, float]:
+        """Quality-weighted median age and a robust spread (1.4826 x weighted MAD)."""
+        values = np.array([a for a, _ in self._ages])
+        weights = np.array([w for _, w in self._ages])
+        median = weighted_median(values, weights)
+        spread = 1.4826 * weighted_median(np.abs(values - median), weights)
+        return median, spread
+
+    @property
+    def male_probability(self) -> float:
+        return self._male_weighted / self._weight if self._weight else 0.5
+
+    def forget_identity(self, identity_id: str) -> bool:
+        """Drop an erased identity's votes (and the name, if it was this one); True if the
+        track was named after it."""
+        self._votes.pop(identity_id, None)
+        if self.identity is None or self.identity.identity_id != identity_id:
+            return False
+        self.identity = None
+        self.searched_quality = -1.0  # search again: the next decision may name someone else
+        return True
+
+    def to_state(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "stream_id": self.stream_id, "track_id": self.track_id, "first_frame": self.first_frame,
+            "first_pts_ms": self.first_pts_ms, "last_frame": self.last_frame, "last_pts_ms": self.last_pts_ms,
+            "frames": self.frames, "last_analysed_frame": self.last_analysed_frame, "sharpness": self.sharpness,
+            "searched_quality": self.searched_quality,
+            "identity": None if self.identity is None else [self.identity.identity_id, self.identity.name,
+                                                            self.identity.score, self.identity.decision],
+            "best": None if best is None else {
+                "frame_index": best.frame_index, "box": list(best.box), "quality": best.quality,
+                "embedding": pack_array(best.embedding), "jpeg": pack_bytes(best.jpeg),
+            },
+            "votes": {k: [v.name, v.weight, v.searches, v.best_score] for k, v in self._votes.items()},
+            "ages": [list(a) for a in self._ages], "male_weighted": self._male_weighted, "weight": self._weight,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], config: IdentifyConfig) -> TrackState:
+        track = cls(state["stream_id"], int(state["track_id"]), int(state["first_frame"]), state["first_pts_ms"], config,
+                    last_frame=int(state["last_frame"]), last_pts_ms=state["last_pts_ms"], frames=int(state["frames"]),
+                    last_analysed_frame=int(state["last_analysed_frame"]), sharpness=float(state["sharpness"]),
+                    searched_quality=float(state["searched_quality"]))
+        if state["identity"] is not None:
+            identity_id, name, score, decision = state["identity"]
+            track.identity = IdentityRef(identity_id, name, float(score), decision)
+        best = state["best"]
+        if best is not None:
+            embedding = unpack_array(best["embedding"])
+            assert embedding is not None
+            track.best = BestShot(int(best["frame_index"]), tuple(best["box"]), float(best["quality"]),  # type: ignore[arg-type]
+                                  embedding, unpack_bytes(best["jpeg"]))
+        track._votes = {k: _Vote(v[0], float(v[1]), int(v[2]), float(v[3])) for k, v in state["votes"].items()}
+        track._ages = deque((float(a), float(w)) for a, w in state["ages"])
+        track._male_weighted, track._weight = float(state["male_weighted"]), float(state["weight"])
+        return track
+
+    def summary(self, thumbnail: str | None) -> dict[str, Any]:
+        if self.best is None:
+            raise ValueError("a track without sightings has no summary")
+        age, spread = self.age
+        male = self.male_probability
+        votes = sorted(self._votes.items(), key=lambda item: -item[1].weight)
+        return {
+            "first_frame": self.first_frame,
+            "last_frame": self.last_frame,
+            "first_pts_ms": self.first_pts_ms,
+            "last_pts_ms": self.last_pts_ms,
+            "frames": self.frames,
+            "best_shot": {
+                "frame_index": self.best.frame_index,
+                "box": [round(v, 1) for v in self.best.box],
+                "quality": round(self.best.quality, 3),
+                "thumbnail": thumbnail,
+            },
+            "identity": None if self.identity is None else self.identity.to_json(),
+            "votes": [{"id": i, "name": v.name, "weight": round(v.weight, 4), "searches": v.searches} for i, v in votes],
+            "age": {"value": round(age, 1), "spread": round(spread, 1)},
+            "gender": {"value": "male" if male > 0.5 else "female", "male_probability": round(male, 4)},
+            "embedding": [round(float(x), 6) for x in self.best.embedding],
+        }

@@ -1,0 +1,116 @@
+"""Sources: files, folders, damaged input, and a live stream that drops and comes back."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from stream_worker.local.sources import CorruptSourceError, FolderSource, open_source
+
+CLIP = "face_recognition/examples/short_hamilton_clip.mp4"
+
+
+@pytest.fixture(scope="module")
+def clip_ts(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clip remuxed to MPEG-TS (streamable, so a cut file still plays up to the cut)."""
+    out = tmp_path_factory.mktemp("ts") / "clip.ts"
+    with av.open(str(faces_dir / CLIP)) as src, av.open(str(out), "w", format="mpegts") as dst:
+        video = src.streams.video[0]
+        stream = dst.add_stream_from_template(video)
+        for packet in src.demux(video):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return out
+
+
+def test_file_frames_have_indices_and_timestamps(faces_dir: Path) -> None:
+    frames = list(open_source("clip", str(faces_dir / CLIP)).frames(threading.Event()))
+    assert len(frames) == 275 and [f.index for f in frames] == list(range(275))
+    pts = [f.pts_ms for f in frames]
+    assert all(b > a for a, b in zip(pts, pts[1:]))  # from the stream, increasing
+    assert pts[-1] - pts[0] == pytest.approx(274 / 29.97 * 1000, abs=50)
+    assert frames[0].image.shape == (360, 640, 3)
+
+
+def test_truncated_and_damaged_streams_play_what_they_can(clip_ts: Path, tmp_path: Path) -> None:
+    data = clip_ts.read_bytes()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[: len(data) // 2])
+    assert 100 < len(list(open_source("cut", str(cut)).frames(threading.Event()))) < 275
+    damaged = bytearray(data)
+    for offset in range(len(data) // 3, len(data) // 3 + 40_000, 997):
+        damaged[offset : offset + 64] = b"\xff" * 64
+    broken = tmp_path / "damaged.ts"
+    broken.write_bytes(bytes(damaged))
+    assert len(list(open_source("damaged", str(broken)).frames(threading.Event()))) > 200
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage" * 1000])
+def test_not_a_video(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "x.mp4"
+    path.write_bytes(content)
+    with pytest.raises(CorruptSourceError, match="not a decodable video"):
+        list(open_source("x", str(path)).frames(threading.Event()))
+
+
+def test_folder_of_images_skips_unreadable_files(faces_dir: Path, tmp_path: Path) -> None:
+    for name in ("a.jpg", "c.jpg"):
+        (tmp_path / name).write_bytes((faces_dir / "face_recognition/examples/two_people.jpg").read_bytes())
+    (tmp_path / "b.jpg").write_bytes(b"broken")
+    source = open_source("folder", str(tmp_path))
+    assert isinstance(source, FolderSource)
+    frames = list(source.frames(threading.Event()))
+    assert [f.index for f in frames] == [0, 1] and source.corrupt_packets == 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_server(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return server
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("http server did not start")
+
+
+def test_live_stream_reconnects_after_a_drop_and_reports_the_gap(clip_ts: Path) -> None:
+    port = free_port()
+    server = http_server(clip_ts.parent, port)
+    source = open_source("cam", f"http://127.0.0.1:{port}/{clip_ts.name}", reconnect_min_ms=200,
+                         reconnect_max_ms=800, open_timeout_ms=2000)
+    assert source.live
+    stop = threading.Event()
+    frames = source.frames(stop)
+    try:
+        first = [next(frames) for _ in range(275)]  # the whole file, then the server goes away
+        server.terminate()
+        server.wait()
+        threading.Timer(1.5, lambda: restarted.append(http_server(clip_ts.parent, port))).start()
+        restarted: list[subprocess.Popen[bytes]] = []
+        after = next(frames)  # blocks through the failed attempts until the server is back
+    finally:
+        stop.set()
+        server.kill()
+    for process in restarted:
+        process.kill()
+    assert [f.index for f in first] == list(range(275))
+    assert after.gap is not None and after.gap.seconds >= 1.0 and after.gap.frames_lost >= 20
+    assert after.index == 275 + after.gap.frames_lost  # frame indices count the frames lost
+    assert source.reconnects >= 1
