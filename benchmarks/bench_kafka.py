@@ -89,7 +89,7 @@ def direct(cameras: int) -> None:
 def run_workers(broker: TansuBroker, base: KafkaConfig, name: str, cores: list[int], log_dir: Path) -> dict[str, float]:
     config = {**vars(base), "group_id": name, "detections_topic": f"{name}.detections", "tracks_topic": f"{name}.tracks",
               "alerts_topic": f"{name}.alerts", "state_topic": f"{name}.state", "gallery_topic": ""}
-    env = {**os.environ, "FACESTREAM_DEVICE": "cpu", "FACESTREAM__RUNTIME__WORKERS": "1",
+    env = {**os.environ, "FACESTREAM__RUNTIME__DEVICE": "cpu", "FACESTREAM__RUNTIME__WORKERS": "1",
            **{f"FACESTREAM__KAFKA__{k.upper()}": str(v) for k, v in config.items() if not isinstance(v, bool)}}
     assert broker.process is not None
     broker_cpu = cpu_seconds(broker.process.pid)

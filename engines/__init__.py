@@ -20,34 +20,73 @@ Importing this package needs neither CUDA nor PyTorch (nor dlib); dlib is import
 the multi-task network is loaded.
 """
 
-from engines.config import DetectorConfig, DeviceRequest, OversizePolicy, RuntimeConfig
-from engines.detections import LANDMARK_NAMES, FaceDetections
-from engines.errors import FaceStreamError
-from engines.image import ColorOrder, decode_image, read_image_file
-from engines.mtcnn.detector import MTCNNDetector
-from engines.multitask.attributes import FaceAttributes
-from engines.multitask.network import MultiTaskNet
-from engines.multitask.verification import DEFAULT_SIMILARITY_THRESHOLD, Verification, verify
-from engines.runtime.engine import EngineRuntime
-from engines.store.model_store import ModelStore
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engines.config import DetectorConfig, DeviceRequest, OversizePolicy, RuntimeConfig, StoreConfig
+    from engines.detections import LANDMARK_NAMES, FaceDetections
+    from engines.errors import FaceStreamError
+    from engines.image import ColorOrder, decode_image, read_image_file
+    from engines.mtcnn.detector import MTCNNDetector
+    from engines.multitask.attributes import FaceAttributes
+    from engines.multitask.network import MultiTaskNet
+    from engines.multitask.verification import DEFAULT_SIMILARITY_THRESHOLD, Verification, verify
+    from engines.runtime.engine import EngineRuntime
+    from engines.store.model_store import ModelStore
+
+_EXPORTS = {
+    "ColorOrder": "engines.image",
+    "DEFAULT_SIMILARITY_THRESHOLD": "engines.multitask.verification",
+    "DetectorConfig": "engines.config",
+    "DeviceRequest": "engines.config",
+    "EngineRuntime": "engines.runtime.engine",
+    "FaceAttributes": "engines.multitask.attributes",
+    "FaceDetections": "engines.detections",
+    "FaceStreamError": "engines.errors",
+    "LANDMARK_NAMES": "engines.detections",
+    "MTCNNDetector": "engines.mtcnn.detector",
+    "ModelStore": "engines.store.model_store",
+    "MultiTaskNet": "engines.multitask.network",
+    "OversizePolicy": "engines.config",
+    "RuntimeConfig": "engines.config",
+    "StoreConfig": "engines.config",
+    "Verification": "engines.multitask.verification",
+    "decode_image": "engines.image",
+    "read_image_file": "engines.image",
+    "verify": "engines.multitask.verification",
+}
+"""Public name -> the module that defines it, imported on first use (so importing this
+package, e.g. for its configuration, loads no model runtime)."""
 
 __all__ = [
-    "DEFAULT_SIMILARITY_THRESHOLD",
-    "LANDMARK_NAMES",
     "ColorOrder",
+    "DEFAULT_SIMILARITY_THRESHOLD",
     "DetectorConfig",
     "DeviceRequest",
     "EngineRuntime",
     "FaceAttributes",
     "FaceDetections",
     "FaceStreamError",
+    "LANDMARK_NAMES",
     "MTCNNDetector",
     "ModelStore",
     "MultiTaskNet",
     "OversizePolicy",
     "RuntimeConfig",
+    "StoreConfig",
     "Verification",
     "decode_image",
     "read_image_file",
     "verify",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

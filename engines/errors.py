@@ -13,6 +13,8 @@ Messages say what happened and what to do about it.
 
 from __future__ import annotations
 
+from enum import Enum
+
 
 class FaceStreamError(Exception):
     """Root of every error FaceStream raises on purpose."""
@@ -76,3 +78,37 @@ class BackendUnavailableError(BackendError):
 
 class ProviderMismatchError(BackendError):
     """The runtime loaded different execution providers than were requested."""
+
+
+# --- what a worker does about an error ------------------------------------------------------
+
+
+class Failure(str, Enum):
+    """What a worker does with an item whose processing raised."""
+
+    SKIP = "skip"
+    """The input's fault: dead-letter (or skip) the item, count it, carry on."""
+    RETRY = "retry"
+    """Not the input's fault, and it may pass (a model or device fault, the broker, memory):
+    keep the item, go back to the last safe point, report unhealthy, retry with backoff."""
+    FATAL = "fatal"
+    """Not the input's fault, and retrying cannot help (configuration, installation, a damaged
+    gallery): stop without committing past the item."""
+
+
+def classify(exc: BaseException) -> Failure:
+    """The one decision both workers act on. FaceStream's own errors say what they are
+    (``skippable``, ``retriable``); anything else (a bug, an ONNX Runtime or CUDA fault, out
+    of memory) is never blamed on the input: good data must not be dead-lettered."""
+    if isinstance(exc, FaceStreamError):
+        if exc.skippable:
+            return Failure.SKIP
+        return Failure.RETRY if exc.retriable else Failure.FATAL
+    if isinstance(exc, Exception):
+        return Failure.RETRY
+    return Failure.FATAL  # KeyboardInterrupt, SystemExit
+
+
+class PipelineFailedError(FaceStreamError):
+    """The pipeline kept failing on input that is not at fault; the message names the frame
+    and the cause (the log has the traceback)."""

@@ -1,16 +1,45 @@
-"""FaceStream gallery: identities and face templates in SQLite, searched with FAISS.
+"""FaceStream gallery: known people, their face templates, and search with a calibrated "unknown".
 
-:class:`gallery.gallery.Gallery` works on embeddings; :class:`gallery.enrol.PhotoEnroller`
-enrols and searches photos with an embedder passed in (see ``stream_worker.photos``).
+Contract: ``gallery`` depends on ``engines`` only, and works on embeddings (numpy arrays)
+and metadata. :class:`Gallery` keeps identities and templates in SQLite (the truth) and a
+FAISS index (a cache rebuilt from it); it enrols, searches top-k identities with a
+decision against a calibrated threshold, and erases (record, templates and vectors).
+:class:`PhotoEnroller` enrols and searches photos with an embedder passed in (see
+``stream_worker.photos``); ``gallery.api`` serves the same operations over HTTP.
 """
 
-from gallery.calibration import Calibration, calibrate
-from gallery.enrol import EnrolPolicy, FaceSample, PhotoEnroller
-from gallery.errors import EnrolmentRefusedError, GalleryCorruptError, GalleryError, IdentityNotFoundError
-from gallery.gallery import Gallery, Match
-from gallery.index import IndexConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gallery.calibration import Calibration, calibrate
+    from gallery.config import ApiConfig, IndexConfig
+    from gallery.enrol import EnrolPolicy, FaceSample, PhotoEnroller
+    from gallery.errors import EnrolmentRefusedError, GalleryCorruptError, GalleryError, IdentityNotFoundError
+    from gallery.gallery import Gallery, Match
+
+_EXPORTS = {
+    "ApiConfig": "gallery.config",
+    "Calibration": "gallery.calibration",
+    "EnrolPolicy": "gallery.enrol",
+    "EnrolmentRefusedError": "gallery.errors",
+    "FaceSample": "gallery.enrol",
+    "Gallery": "gallery.gallery",
+    "GalleryCorruptError": "gallery.errors",
+    "GalleryError": "gallery.errors",
+    "IdentityNotFoundError": "gallery.errors",
+    "IndexConfig": "gallery.config",
+    "Match": "gallery.gallery",
+    "PhotoEnroller": "gallery.enrol",
+    "calibrate": "gallery.calibration",
+}
+"""Public name -> the module that defines it, imported on first use (so importing this
+package, e.g. for its configuration, loads no model runtime)."""
 
 __all__ = [
+    "ApiConfig",
     "Calibration",
     "EnrolPolicy",
     "EnrolmentRefusedError",
@@ -24,3 +53,11 @@ __all__ = [
     "PhotoEnroller",
     "calibrate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -28,40 +27,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from engines.errors import ConfigError
 from engines.fileio import atomic_write_bytes, fsync_dir, plain_file_mode, sha256_file
+from gallery.config import IndexConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class IndexConfig:
-    ivf_min_templates: int = 100_000
-    """From this many templates on, use IVF instead of exact search."""
-    nlist: int = 0
-    """IVF cells; 0 = automatic: a power of two near 4 * sqrt(templates), at most 65536 and
-    at most templates / 39 (FAISS's minimum of training points per cell)."""
-    nprobe: int = 32
-    """IVF cells searched per query (``benchmarks/bench_gallery.py`` chose it: recall@1 >= 0.99
-    at 1M identities)."""
-    rerank_extra: int = 8
-    """IVF: candidates re-ranked exactly per query beyond the k asked for."""
-    use_gpu: bool = False
-    """Search on a GPU copy (set by the caller from the engine runtime's device decision)."""
-
-    def __post_init__(self) -> None:
-        for name in ("ivf_min_templates", "nprobe"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.nlist < 0:
-            raise ConfigError(f"nlist must be >= 0 (0 = automatic), got {self.nlist}")
-
-    def cells(self, templates: int) -> int:
-        if self.nlist:
-            return self.nlist
-        cells = 2 ** round(math.log2(4 * math.sqrt(max(templates, 1))))
-        most = 2 ** int(math.log2(max(templates // 39, 1)))
-        return int(max(1, min(65536, cells, most)))
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ class WorkerMetrics:
                                       ["stream"], registry=r)
         self.frames_lost = Counter("facestream_frames_lost", "Frames lost by live sources while reconnecting",
                                    ["stream"], registry=r)
+        self.frames_failed = Counter("facestream_frames_failed", "Frames the pipeline refused as bad input (skipped "
+                                     "or dead-lettered)", ["stream"], registry=r)
         self.corrupt_packets = Counter("facestream_corrupt_packets", "Undecodable packets skipped", ["stream"], registry=r)
         self.faces = Counter("facestream_faces", "Faces detected", ["stream"], registry=r)
         self.tracks = Counter("facestream_tracks_started", "Tracks confirmed", ["stream"], registry=r)
@@ -50,6 +52,9 @@ class WorkerMetrics:
         self.streams = Gauge("facestream_streams", "Streams being processed", registry=r)
         self.dead_letters = Counter("facestream_dead_letters", "Input messages sent to the dead-letter topic",
                                     ["reason"], registry=r)
+        self.failures = Counter("facestream_failures", "Failures that were not the input's fault (a model, the "
+                                "gallery, the broker): each sent the worker back to its last checkpoint to retry",
+                                registry=r)
         self.checkpoints = Counter("facestream_kafka_checkpoints", "Offsets committed with their pipeline state",
                                    registry=r)
         self.rebalances = Counter("facestream_kafka_rebalances", "Partitions revoked or lost", registry=r)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from stream_worker.cli.main import main
-from stream_worker.kafka.client import PASSWORD_ENV
+from stream_worker.config import env_name
 
 REPO = Path(__file__).resolve().parents[1]
 KUBE = REPO / "deploy" / "kubernetes"
@@ -88,7 +88,7 @@ def test_the_deployment_runs_the_worker_with_its_config_and_probes(capsys: pytes
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] == 600
     # The SASL password comes only from a Secret, never from the file or a literal
-    [password] = [e for e in container["env"] if e["name"] == PASSWORD_ENV]
+    [password] = [e for e in container["env"] if e["name"] == env_name(("kafka", "sasl_password"))]
     assert "value" not in password and password["valueFrom"]["secretKeyRef"]["name"]
     assert not [key for key in _keys(yaml.safe_load(local.read_text())) if "password" in key.lower()]
     # Writable /tmp (the gallery copy) on a read-only root, as the image's user

@@ -1,7 +1,7 @@
 """Where inference runs: the one CPU/GPU decision and the backends built on it.
 
-Contract: :func:`select_device` decides once per process (``FACESTREAM_FORCE_CPU=1`` is
-the only way to force CPU on a GPU machine); :class:`EngineRuntime` carries the decision,
+Contract: :func:`select_device` decides once per process (``runtime.force_cpu`` is the
+only way to force CPU on a GPU machine); :class:`EngineRuntime` carries the decision,
 loads every model with it (:meth:`EngineRuntime.load` returns an
 :class:`InferenceBackend`: named numpy tensors in, named numpy tensors out) and refuses or
 reports a backend that loaded another device than planned. Nothing here imports CUDA

@@ -1,15 +1,13 @@
 """The one place that decides whether inference runs on CPU or on an NVIDIA GPU.
 
-``FACESTREAM_FORCE_CPU=1`` is the only way to force CPU on a GPU machine; every other
-path either uses the GPU that was asked for or fails loudly.
+``runtime.force_cpu`` (``FACESTREAM__RUNTIME__FORCE_CPU=1``) is the only way to force CPU
+on a GPU machine; every other path either uses the GPU that was asked for or fails loudly.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -18,7 +16,6 @@ from engines.errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 
-FORCE_CPU_ENV = "FACESTREAM_FORCE_CPU"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -63,16 +60,11 @@ def _ort_providers() -> list[str]:
     return list(onnxruntime.get_available_providers())
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def select_device(requested: DeviceRequest | str, env: Mapping[str, str] | None = None) -> DevicePlan:
+def select_device(requested: DeviceRequest | str, *, force_cpu: bool = False) -> DevicePlan:
     """Decide the device once, at start-up; raise when an explicit request cannot be met."""
     requested = DeviceRequest(requested)
-    env = os.environ if env is None else env
-    if _truthy(env.get(FORCE_CPU_ENV)):
-        plan = DevicePlan(requested, Device.CPU, f"{FORCE_CPU_ENV} is set")
+    if force_cpu:
+        plan = DevicePlan(requested, Device.CPU, "runtime.force_cpu is set")
     elif requested is DeviceRequest.CPU:
         plan = DevicePlan(requested, Device.CPU, "CPU requested")
     else:

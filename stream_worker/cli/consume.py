@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from engines.runtime.engine import EngineRuntime
-from stream_worker.cli.options import BOOTSTRAP_ENV, add_store_options, model_store
-from stream_worker.cli.startup import bootstrap_servers, build_pipeline, stop_on_signals, worker_overrides
-from stream_worker.config import as_dict, load_config
+from stream_worker.cli.options import add_config_options, add_options, bounded
+from stream_worker.cli.startup import build_pipeline, stop_on_signals
+from stream_worker.config import FaceStreamConfig
 from stream_worker.kafka.worker import KafkaWorker, KafkaWorkerOptions
 from stream_worker.local.sinks import Sink, ThumbnailSink
 from stream_worker.metrics import WorkerMetrics, serve
@@ -26,42 +25,20 @@ def add_parsers(commands: Any) -> None:
         "faces.detections, faces.tracks and faces.alerts. Topic names and client settings: the 'kafka' section of "
         "the configuration (see README, 'Kafka').",
     )
-    consume.add_argument("--bootstrap", metavar="HOST:PORT", help=f"brokers (env {BOOTSTRAP_ENV})")
-    consume.add_argument("--topic", help="frames topic (default faces.frames)")
-    consume.add_argument("--group", help="consumer group (default facestream)")
-    consume.add_argument("--gallery", type=Path,
-                         help="local gallery database; with the changelog on (default) it follows faces.gallery, "
-                         "and a temporary one is used when none is named")
     consume.add_argument("--thumbnails", type=Path, help="folder for each track's best shot")
-    consume.add_argument("--config", type=Path, help="YAML configuration")
-    consume.add_argument("--metrics-port", type=int, help="serve /metrics and /health on this port")
-    consume.add_argument("--idle-exit-ms", type=int, default=0, help="stop after this long without input (0: never)")
-    consume.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
-    consume.add_argument("--no-auto-fetch", action="store_true", help="fail instead of fetching missing weights")
-    add_store_options(consume)
+    consume.add_argument("--idle-exit-ms", type=bounded(int, 0, 2**31, "--idle-exit-ms"), default=0, help="stop after this long without input (0: never)")
+    add_options(consume, "bootstrap", "consume", "gallery", "metrics", "runtime", "models")
+    add_config_options(consume)
     consume.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    store = model_store(args)
-    overrides = worker_overrides(args)
-    kafka: dict[str, Any] = {}
-    if args.bootstrap or os.environ.get(BOOTSTRAP_ENV):  # else: the file, FACESTREAM__KAFKA__..., the default
-        kafka["bootstrap_servers"] = bootstrap_servers(args)
-    if args.topic:
-        kafka["frames_topic"] = args.topic
-    if args.group:
-        kafka["group_id"] = args.group
-    overrides["kafka"] = kafka
-    config = load_config(args.config, overrides=overrides)
-    if args.print_config:
-        print(json.dumps(as_dict(config), indent=2))
-        return 0
+def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     stop = stop_on_signals()
-    with EngineRuntime(config.runtime) as runtime, tempfile.TemporaryDirectory(prefix="facestream-gallery-") as tmp:
+    with EngineRuntime(config.runtime) as runtime, tempfile.TemporaryDirectory(prefix="facestream-gallery-",
+                                                                              dir=config.gallery.copy_dir) as tmp:
         thumbnails = ThumbnailSink(args.thumbnails) if args.thumbnails else None
         path = config.gallery.path or (Path(tmp) / "gallery.db" if config.kafka.gallery_topic else None)
-        pipeline, gallery = build_pipeline(config, runtime, store, gallery_path=path, create_gallery=True,
+        pipeline, gallery = build_pipeline(config, runtime, gallery_path=path, create_gallery=True,
                                            thumbnails=thumbnails, thumbnails_topic=config.kafka.thumbnails_topic)
         sinks: list[Sink] = [thumbnails] if thumbnails is not None else []
         metrics = WorkerMetrics()

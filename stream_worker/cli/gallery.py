@@ -10,7 +10,6 @@ import contextlib
 import csv
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,23 +22,29 @@ from engines.errors import ConfigError, FaceStreamError
 from gallery.calibration import DEFAULT_TARGET_FMR, calibrate
 from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.gallery import Gallery
-from stream_worker.cli.options import BOOTSTRAP_ENV, GALLERY_ENV, add_pipeline_options, engine_runtime, face_analyzer
+from stream_worker.cli.options import (
+    add_config_options,
+    add_options,
+    add_pipeline_options,
+    engine_runtime,
+    face_analyzer,
+    given,
+    positive_int,
+    quality,
+)
+from stream_worker.config import FaceStreamConfig, env_name
 from stream_worker.photos import FaceAnalyzer
 
 log = logging.getLogger(__name__)
 
-AnalyzerFactory = Callable[[argparse.Namespace], FaceAnalyzer]
+AnalyzerFactory = Callable[[], FaceAnalyzer]
 
 
 def add_parsers(commands: Any) -> None:
     """Register ``gallery`` and its actions on the main parser's subcommands."""
     parser = commands.add_parser("gallery", help="manage a gallery of known people (enrol, search, remove, ...)")
-    parser.add_argument("--db", type=Path, default=os.environ.get(GALLERY_ENV),
-                        help=f"gallery database file (env {GALLERY_ENV}); created on first enrolment")
-    parser.add_argument("--publish", metavar="HOST:PORT", default=os.environ.get(BOOTSTRAP_ENV),
-                        help="also publish enrolments and erasures to the Kafka gallery changelog on these brokers "
-                        f"(env {BOOTSTRAP_ENV}), so every worker follows")
-    parser.add_argument("--changelog-topic", default="faces.gallery", help="default %(default)s")
+    add_options(parser, "gallery-db", "publish")
+    add_config_options(parser)
     parser.set_defaults(handler=run)
     actions = parser.add_subparsers(dest="gallery_command", required=True, metavar="ACTION")
 
@@ -49,7 +54,7 @@ def add_parsers(commands: Any) -> None:
     enrol.add_argument("--meta", type=json.loads, help="metadata as a JSON object")
     enrol.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     enrol.add_argument("--largest-face", action="store_true", help="enrol the largest face of photos with several")
-    enrol.add_argument("--min-quality", type=float, default=EnrolPolicy().min_quality,
+    enrol.add_argument("--min-quality", type=quality, default=EnrolPolicy().min_quality,
                        help="refuse faces below this quality (default %(default)s)")
     add_pipeline_options(enrol)
 
@@ -61,7 +66,7 @@ def add_parsers(commands: Any) -> None:
 
     search = actions.add_parser("search", help="who is in this photo?")
     search.add_argument("image", type=Path, metavar="IMAGE")
-    search.add_argument("-k", type=int, default=5, help="identities per face (default %(default)s)")
+    search.add_argument("-k", type=positive_int, default=5, help="identities per face (default %(default)s)")
     add_pipeline_options(search)
 
     actions.add_parser("stats", help="counts, index, threshold, identities needing re-enrolment")
@@ -83,47 +88,43 @@ def _print(record: Any) -> None:
     print(json.dumps(record))
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+    if config.gallery.path is None:
+        raise ConfigError(f"name the gallery database with --db PATH (or {env_name(('gallery', 'path'))})")
     with contextlib.ExitStack() as stack:
 
-        def analyzer(a: argparse.Namespace) -> FaceAnalyzer:
-            runtime = stack.enter_context(engine_runtime(a))
-            return face_analyzer(a, runtime, multitask=True)
+        def analyzer() -> FaceAnalyzer:
+            runtime = stack.enter_context(engine_runtime(config))
+            return face_analyzer(config, runtime, multitask=True)
 
-        return run_gallery(args, analyzer)
+        publisher = None
+        if given(args, "--publish"):
+            from stream_worker.kafka.changelog import GalleryPublisher
+            from stream_worker.kafka.client import make_producer
+
+            if not config.kafka.gallery_topic:
+                raise ConfigError("--publish needs a changelog topic (kafka.gallery_topic is empty)")
+            publisher = GalleryPublisher(make_producer(config.kafka), config.kafka.gallery_topic)
+            stack.callback(publisher.producer.close)
+        return _run_gallery(args, config, analyzer, publisher)
 
 
-def run_gallery(args: argparse.Namespace, analyzer: AnalyzerFactory) -> int:
-    if args.db is None:
-        raise ConfigError(f"name the gallery database with --db PATH (or {GALLERY_ENV})")
+def _run_gallery(args: argparse.Namespace, config: FaceStreamConfig, analyzer: AnalyzerFactory,
+                 publisher: Any) -> int:
     command = args.gallery_command
-    publisher = None
-    if args.publish:
-        from stream_worker.kafka.changelog import GalleryPublisher
-        from stream_worker.kafka.client import KafkaConfig, make_producer
-
-        kafka = KafkaConfig(bootstrap_servers=args.publish, gallery_topic=args.changelog_topic)
-        publisher = GalleryPublisher(make_producer(kafka), kafka.gallery_topic)
-    try:
-        return _run_gallery(args, command, analyzer, publisher)
-    finally:
-        if publisher is not None:
-            publisher.producer.close()
-
-
-def _run_gallery(args: argparse.Namespace, command: str, analyzer: AnalyzerFactory, publisher: Any) -> int:
-    with Gallery(args.db, create=command in ("enrol", "import", "calibrate")) as gallery:
+    with Gallery(config.gallery.path, create=command in ("enrol", "import", "calibrate"),
+                 threshold=config.gallery.threshold, index=config.gallery.index) as gallery:
         if command == "enrol":
-            status = _enrol(args, gallery, analyzer(args))
+            status = _enrol(args, gallery, analyzer())
             if publisher is not None and any(i.id == args.identity for i in gallery.identities()):
                 publisher.publish_identity(gallery, args.identity)
             return status
         if command == "publish":
             if publisher is None:
-                raise ConfigError(f"name the brokers with --publish HOST:PORT (or {BOOTSTRAP_ENV})")
+                raise ConfigError("name the brokers with --publish HOST:PORT")
             for identity_id in args.identities or [i.id for i in gallery.identities()]:
                 publisher.publish_identity(gallery, identity_id)
-                _print({"published": identity_id, "topic": args.changelog_topic})
+                _print({"published": identity_id, "topic": config.kafka.gallery_topic})
         if command == "list":
             for identity in gallery.identities():
                 _print(identity.to_json())
@@ -136,7 +137,7 @@ def _run_gallery(args: argparse.Namespace, command: str, analyzer: AnalyzerFacto
             _print({"erased": event.identity_id, "templates_removed": event.templates_removed,
                     "event_id": event.event_id, "erased_utc": event.erased_utc})
         elif command == "search":
-            enroller = PhotoEnroller(gallery, analyzer(args))
+            enroller = PhotoEnroller(gallery, analyzer())
             faces = enroller.search(str(args.image), args.image.read_bytes(), k=args.k)
             _print({"image": str(args.image), "faces": [f.to_json() for f in faces]})
         elif command == "stats":
@@ -153,7 +154,7 @@ def _run_gallery(args: argparse.Namespace, command: str, analyzer: AnalyzerFacto
             with args.file.open() as f:
                 _print(gallery.import_jsonl(f))
         elif command == "calibrate":
-            return _calibrate(args, gallery, analyzer(args))
+            return _calibrate(args, gallery, analyzer())
     return 0
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
 
 from engines.errors import FaceStreamError
 from stream_worker.cli import analyze, consume, gallery, models, produce, run, serve_api, tail
+from stream_worker.cli.options import load
+from stream_worker.config import as_dict
 
 log = logging.getLogger("facestream")
 
@@ -44,7 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.command)
     try:
-        return int(args.handler(args))
+        config = load(args)  # built once: defaults, file, environment, flags
+        if getattr(args, "print_config", False):
+            print(json.dumps(as_dict(config), indent=2))
+            return 0
+        return int(args.handler(args, config))
     except FaceStreamError as exc:
         print(f"facestream: error: {exc}", file=sys.stderr)
         return 2

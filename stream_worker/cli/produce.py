@@ -9,9 +9,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from stream_worker.cli.options import BOOTSTRAP_ENV
-from stream_worker.cli.startup import bootstrap_servers, parse_sources, stop_on_signals
-from stream_worker.kafka.client import KafkaConfig, ensure_topics, make_producer
+from stream_worker.cli.options import add_config_options, add_options, bounded
+from stream_worker.cli.startup import parse_sources, stop_on_signals
+from stream_worker.config import FaceStreamConfig
+from stream_worker.kafka.client import ensure_topics, make_producer
 from stream_worker.kafka.produce import FORMATS, publish_frames
 from stream_worker.local.sources import open_source
 
@@ -23,13 +24,12 @@ def add_parsers(commands: Any) -> None:
         "H.264 chunks (one closed group of pictures per message), keyed by stream id.",
     )
     produce.add_argument("--source", required=True, metavar="[ID=]URI")
-    produce.add_argument("--topic", default="faces.frames", help="default %(default)s")
-    produce.add_argument("--bootstrap", metavar="HOST:PORT", help=f"brokers (env {BOOTSTRAP_ENV})")
     produce.add_argument("--format", choices=FORMATS, default="jpeg", help="default %(default)s")
-    produce.add_argument("--gop-frames", type=int, default=25, help="h264: frames per message (default %(default)s)")
-    produce.add_argument("--jpeg-quality", type=int, default=90, help="default %(default)s")
+    produce.add_argument("--gop-frames", type=bounded(int, 1, 10_000, "--gop-frames"), default=25, help="h264: frames per message (default %(default)s)")
+    produce.add_argument("--jpeg-quality", type=bounded(int, 1, 100, "--jpeg-quality"), default=90, help="default %(default)s")
     produce.add_argument("--realtime", action="store_true", help="pace a file at its frame rate, like a camera")
-
+    add_options(produce, "bootstrap", "produce")
+    add_config_options(produce)
     produce.set_defaults(handler=run)
 
 
@@ -45,9 +45,9 @@ def video_fps(uri: str, default: float = 25.0) -> float:
     return float(rate) if rate else default
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: FaceStreamConfig) -> int:
     [(stream_id, uri)] = parse_sources([args.source])
-    config = KafkaConfig(bootstrap_servers=bootstrap_servers(args), frames_topic=args.topic)
+    config = settings.kafka
     ensure_topics(config)
     source = open_source(stream_id, uri)
     stop = stop_on_signals()
@@ -61,12 +61,12 @@ def run(args: argparse.Namespace) -> int:
             seen[0] = stats.frames
 
         try:
-            stats = publish_frames(producer, args.topic, source.frames(stop), fmt=args.format, fps=fps,
+            stats = publish_frames(producer, config.frames_topic, source.frames(stop), fmt=args.format, fps=fps,
                                    gop_frames=args.gop_frames, jpeg_quality=args.jpeg_quality, on_message=progress,
                                    stop=stop, realtime=args.realtime)
         finally:
             producer.close()
-    print(json.dumps({"stream_id": stream_id, "topic": args.topic, "format": args.format, "frames": stats.frames,
+    print(json.dumps({"stream_id": stream_id, "topic": config.frames_topic, "format": args.format, "frames": stats.frames,
                       "messages": stats.messages, "bytes": stats.bytes}))
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,10 @@ from typing import Any
 import av
 from tqdm import tqdm
 
-from engines.config import DeviceRequest
 from engines.runtime.engine import EngineRuntime
-from stream_worker.cli.options import DEVICE_ENV, add_store_options, model_store
-from stream_worker.cli.startup import build_pipeline, parse_sources, stop_on_signals, worker_overrides
-from stream_worker.config import WorkerConfig, as_dict, load_config
+from stream_worker.cli.options import add_config_options, add_options, given
+from stream_worker.cli.startup import build_pipeline, parse_sources, stop_on_signals
+from stream_worker.config import FaceStreamConfig
 from stream_worker.local.sinks import JsonLinesSink, Sink, ThumbnailSink, VideoSink
 from stream_worker.local.worker import Worker
 from stream_worker.metrics import WorkerMetrics, serve
@@ -32,31 +32,13 @@ def add_parsers(commands: Any) -> None:
     )
     run.add_argument("--source", action="append", required=True, metavar="[ID=]URI",
                      help="a stream (repeatable); ID names it in the output (default: the file name)")
-    run.add_argument("--gallery", type=Path, help="gallery database for identification")
     run.add_argument("--out", type=Path, help="JSON lines file (default: standard output)")
     run.add_argument("--video-out", type=Path, help="annotated video (one file per stream when several)")
     run.add_argument("--thumbnails", type=Path, help="folder for each track's best shot")
-    run.add_argument("--kafka-out", metavar="HOST:PORT",
-                     help="also publish the results to the Kafka result topics on these brokers (topic names: the "
-                     "'kafka' configuration section)")
-    run.add_argument("--config", type=Path, help="YAML configuration (see README, 'Configuration')")
-    run.add_argument("--metrics-port", type=int, help="serve /metrics and /health on this port")
     run.add_argument("--control-file", type=Path, help="add/remove streams while running: lines 'add ID URI', 'remove ID'")
-    run.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
-    run.add_argument("--device", choices=[d.value for d in DeviceRequest], help=f"inference device (env {DEVICE_ENV})")
-    run.add_argument("--workers", type=int, help="concurrent model calls (0 = one per CPU)")
-    run.add_argument("--no-auto-fetch", action="store_true", help="fail instead of fetching missing weights")
-    add_store_options(run)
-    run.set_defaults(handler=run_command)
-
-
-
-def run_command(args: argparse.Namespace) -> int:
-    config = load_config(args.config, overrides=worker_overrides(args))
-    if args.print_config:
-        print(json.dumps(as_dict(config), indent=2))
-        return 0
-    return run_worker(args, config)
+    add_options(run, "gallery", "kafka-out", "metrics", "runtime", "models")
+    add_config_options(run)
+    run.set_defaults(handler=run_worker)
 
 
 def known_frames(uri: str) -> int | None:
@@ -71,22 +53,21 @@ def known_frames(uri: str) -> int | None:
     return int(frames) or None
 
 
-def run_worker(args: argparse.Namespace, config: WorkerConfig) -> int:
-    store = model_store(args)
+def run_worker(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     sources = parse_sources(args.source)
     stop = stop_on_signals()
     with EngineRuntime(config.runtime) as runtime:
         thumbnails = ThumbnailSink(args.thumbnails) if args.thumbnails else None
-        pipeline, gallery = build_pipeline(config, runtime, store, gallery_path=config.gallery.path,
+        pipeline, gallery = build_pipeline(config, runtime, gallery_path=config.gallery.path,
                                            create_gallery=False, thumbnails=thumbnails,
-                                           thumbnails_topic=config.kafka.thumbnails_topic if args.kafka_out else "")
+                                           thumbnails_topic=config.kafka.thumbnails_topic if given(args, "--kafka-out") else "")
         sinks: list[Sink] = [JsonLinesSink(args.out)]
         if thumbnails is not None:
             sinks.append(thumbnails)
         if args.video_out:
             sinks.append(VideoSink(args.video_out, several_streams=len(sources) > 1))
         kafka = None
-        if args.kafka_out:
+        if given(args, "--kafka-out"):
             from stream_worker.kafka.client import ensure_topics
             from stream_worker.kafka.publish import KafkaSink
 
@@ -113,7 +94,13 @@ def run_worker(args: argparse.Namespace, config: WorkerConfig) -> int:
     report = summary.to_json()
     report["engine"] = runtime.describe()
     print(json.dumps({"summary": report}), file=sys.stderr)
-    failed = [sid for sid, s in summary.streams.items() if s["error"]]
+    if summary.stopped_by is not None:
+        print(f"facestream: error: the run stopped early: {summary.stopped_by}", file=sys.stderr)
+        return 2
+    if stop.signal == signal.SIGINT:  # the output is complete up to here: every track ended
+        print("facestream: interrupted", file=sys.stderr)
+        return 130
+    failed = [sid for sid, s in summary.streams.items() if s["error"] or s["frames_failed"]]
     if kafka is not None and kafka.undelivered:
         print("facestream: error: some results could not be delivered to Kafka (see the log)", file=sys.stderr)
         return 1

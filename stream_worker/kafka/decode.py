@@ -55,7 +55,11 @@ class StreamDecoder:
                 kind = "oversized" if isinstance(exc, ImageTooLargeError) else "decode"
                 raise MalformedMessageError(str(exc), kind=kind) from None
             return [Frame(self.stream_id, message.frame_index, message.pts_ms, image, _received(message))]
-        images = self._decode_video(message, payload)
+        try:
+            images = self._decode_video(message, payload)
+        except (ValueError, av.error.FFmpegError) as exc:  # what PyAV raises on data it cannot use
+            raise MalformedMessageError(f"{message.content_type} chunk cannot be decoded: {exc}", kind="decode") \
+                from None
         if not images:
             raise MalformedMessageError(f"{message.content_type} chunk: no decodable frame "
                                         "(a chunk must start with a keyframe and its parameter sets)", kind="decode")

@@ -10,6 +10,13 @@ multi-task call batch across streams) and hands the results to the sinks in stre
 A stream that fails (cannot be opened, not a video) is reported and removed; the others
 keep running. Live streams reconnect by themselves (see :mod:`stream_worker.local.sources`).
 
+Failures are decided by :func:`engines.errors.classify`: a frame the pipeline refuses as
+bad input is skipped and counted (``frames_failed``); any other pipeline failure is
+retried (a step is atomic, so a retry gives what a first try would) ``stream.retries``
+times with backoff, then ends the run. An output that cannot be written (disk full, a
+folder removed) also ends the run. Ending early still ends every track (``track_ended``
+events to the sinks that still work) and reports the summary with the reason.
+
 Streams can be added and removed while running through a control file: each new line
 ``add STREAM_ID URI`` or ``remove STREAM_ID`` is carried out within a second.
 """
@@ -26,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.errors import FaceStreamError
+from engines.errors import FaceStreamError, Failure, PipelineFailedError, classify
 from stream_worker.config import Pacing, StreamConfig
 from stream_worker.local.sinks import Sink
 from stream_worker.local.sources import Source, SourceUnavailableError, open_source
@@ -54,6 +61,8 @@ class StreamRunner:
     dropped: int = 0
     decoded: int = 0
     processed: int = 0
+    failed: int = 0
+    """Frames the pipeline refused as bad input (skipped)."""
     thread: threading.Thread | None = None
 
     @property
@@ -121,13 +130,20 @@ class RunSummary:
     seconds: float
     stage_ms_per_frame: dict[str, float]
     streams: dict[str, dict[str, Any]]
+    stopped_by: str | None = None
+    """Why the run ended before its streams did (an output could not be written, the pipeline
+    kept failing); None when it ran to the end or was stopped on purpose."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "frames": self.frames, "faces": self.faces, "tracks": self.tracks, "identities": self.identities,
             "seconds": round(self.seconds, 2), "fps": round(self.frames / self.seconds, 2) if self.seconds else 0.0,
-            "stage_ms_per_frame": self.stage_ms_per_frame, "streams": self.streams,
+            "stage_ms_per_frame": self.stage_ms_per_frame, "streams": self.streams, "stopped_by": self.stopped_by,
         }
+
+
+class OutputFailedError(FaceStreamError):
+    """A sink could not write (the disk is full, its folder went away): the run ends."""
 
 
 class Worker:
@@ -150,6 +166,9 @@ class Worker:
         self._wake = threading.Event()
         self._tracks = 0
         self._identities: set[str] = set()
+        self._stop = threading.Event()
+        self._broken: set[int] = set()
+        """Sinks (by id) that failed to write; the rest still get the end of every track."""
 
     # --- streams -------------------------------------------------------------------------
 
@@ -181,13 +200,17 @@ class Worker:
             runner.lock.notify_all()
         log.info("stream %s removed", stream_id)
 
-    def _finish_stream(self, runner: StreamRunner) -> None:
+    def _finish_stream(self, runner: StreamRunner, *, ending: bool = True) -> None:
         events, thumbnails = self.pipeline.end_stream(runner.stream_id)
-        for sink in self.sinks:
-            sink.write_events(runner.stream_id, events, thumbnails)
+        try:
+            self._write(lambda sink: sink.write_events(runner.stream_id, events, thumbnails), ending=ending)
+        finally:
+            self._finished(runner)
+
+    def _finished(self, runner: StreamRunner) -> None:
         self.finished[runner.stream_id] = {
             "frames_decoded": runner.decoded, "frames_processed": runner.processed, "frames_dropped": runner.dropped,
-            "corrupt_packets": runner.source.corrupt_packets, "error": runner.error,
+            "frames_failed": runner.failed, "corrupt_packets": runner.source.corrupt_packets, "error": runner.error,
         }
         del self.runners[runner.stream_id]
         if self.metrics is not None:
@@ -207,21 +230,29 @@ class Worker:
 
     def run(self, *, control_file: Path | None = None, progress: Callable[[int], None] | None = None,
             stop: threading.Event | None = None) -> RunSummary:
-        """Process until every stream has ended (or ``stop`` is set)."""
+        """Process until every stream has ended (or ``stop`` is set, or a failure that is not
+        the input's fault ends the run: see :attr:`RunSummary.stopped_by`)."""
         stop = stop or threading.Event()
+        self._stop = stop
         started = time.monotonic()
         control = _ControlFile(control_file) if control_file else None
         next_control = 0.0
+        stopped_by = None
         try:
             while (self.runners or control is not None) and not stop.is_set():
                 if control is not None and time.monotonic() >= next_control:
                     control.apply(self)
                     next_control = time.monotonic() + 1.0
                 batch = [f for f in (r.take() for r in list(self.runners.values())) if f is not None]
-                if batch:
-                    self._process(batch, progress)
-                for runner in [r for r in self.runners.values() if r.finished]:
-                    self._finish_stream(runner)
+                try:
+                    if batch:
+                        self._process(batch, progress)
+                    for runner in [r for r in self.runners.values() if r.finished]:
+                        self._finish_stream(runner, ending=False)
+                except (PipelineFailedError, OutputFailedError) as exc:
+                    stopped_by = str(exc)
+                    log.error("stopping the run: %s", exc)
+                    break
                 if not batch:
                     time.sleep(0.005)
                 if self.metrics is not None:
@@ -237,22 +268,66 @@ class Worker:
                 if runner.thread is not None:
                     runner.thread.join(timeout=5)
                 self._finish_stream(runner)
-            for sink in self.sinks:
-                sink.close()
+            self._write(lambda sink: sink.close(), ending=True)
         times = self.pipeline.times
         return RunSummary(
             frames=times.frames, faces=times.faces, tracks=self._tracks, identities=sorted(self._identities),
             seconds=time.monotonic() - started, stage_ms_per_frame=stage_summary(times), streams=self.finished,
+            stopped_by=stopped_by,
         )
+
+    def _write(self, action: Callable[[Sink], None], *, ending: bool = False) -> None:
+        """Apply ``action`` to every working sink. A sink that fails is left out from then on;
+        while running that ends the run (:class:`OutputFailedError`), while ending the others
+        still get the rest."""
+        failed = None
+        for sink in self.sinks:
+            if id(sink) in self._broken:
+                continue
+            try:
+                action(sink)
+            except OSError as exc:
+                self._broken.add(id(sink))
+                failed = f"{type(sink).__name__} cannot write: {exc.strerror or exc} ({exc.filename or 'output'})"
+                log.error("%s", failed)
+        if failed is not None and not ending:
+            raise OutputFailedError(failed)
+
+    def _step(self, batch: list[Frame]) -> list[FrameOutput]:
+        """The pipeline on one frame per stream. A frame that is the input's fault is skipped
+        and counted; any other failure is retried with backoff (the step is atomic), then
+        ends the run."""
+        for attempt in range(self.config.retries + 1):
+            try:
+                return self.pipeline.process(batch)
+            except Exception as exc:
+                failure = classify(exc)
+                if failure is Failure.SKIP:
+                    if len(batch) > 1:  # one at a time, to find the bad frame
+                        return [output for frame in batch for output in self._step([frame])]
+                    frame = batch[0]
+                    self.runners[frame.stream_id].failed += 1
+                    if self.metrics is not None:
+                        self.metrics.frames_failed.labels(frame.stream_id).inc()
+                    log.warning("stream %s: frame %d skipped: %s", frame.stream_id, frame.index, exc)
+                    return []
+                where = ", ".join(f"{f.stream_id} frame {f.index}" for f in batch)
+                if failure is Failure.FATAL or attempt == self.config.retries:
+                    raise PipelineFailedError(f"the pipeline failed on {where}: {type(exc).__name__}: {exc}") from exc
+                wait_s = self.config.retry_backoff_ms / 1000 * 2**attempt
+                log.error("the pipeline failed on %s (%s: %s); retrying in %.1f s", where, type(exc).__name__, exc,
+                          wait_s, exc_info=exc)
+                if self._stop.wait(wait_s):
+                    raise PipelineFailedError(f"stopped while retrying {where}") from exc
+        raise AssertionError("unreachable")
 
     def _process(self, batch: list[Frame], progress: Callable[[int], None] | None) -> None:
         before = dict(self.pipeline.times.seconds)
-        outputs: list[FrameOutput] = self.pipeline.process(batch)
+        outputs = self._step(batch)
         for output in outputs:
             runner = self.runners[output.frame.stream_id]
             runner.processed += 1
-            for sink in self.sinks:
-                sink.write(output)
+            self._write(lambda sink: sink.write(output))
             for event in output.events:
                 if event.type == "track_started":
                     self._tracks += 1

@@ -24,6 +24,7 @@ every face of every frame):
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,6 @@ import cv2
 import numpy as np
 
 from engines.detections import FaceDetections
-from engines.errors import ConfigError
 from engines.mtcnn.detector import MTCNNDetector
 from engines.multitask.attributes import (
     FaceAttributes,
@@ -43,34 +43,13 @@ from engines.multitask.attributes import (
 )
 from engines.multitask.network import MultiTaskNet
 from gallery.gallery import Gallery
+from stream_worker.config import PipelineConfig
 from stream_worker.messages.results import FrameResult, TrackEvent
 from stream_worker.messages.state import STATE_FORMAT
 from stream_worker.pipeline.frames import Frame
 from stream_worker.pipeline.schedule import SceneCut
-from stream_worker.pipeline.track_state import IdentifyConfig, TrackState
-from stream_worker.pipeline.tracker import FaceTracker, TrackerConfig, TrackUpdate
-
-
-@dataclass(frozen=True, kw_only=True)
-class PipelineConfig:
-    detect_every_frames: int = 5
-    """Full detection on every n-th frame of a stream; refinement of tracked faces between."""
-    analyze_every_frames: int = 5
-    """A tracked face is analysed (embedding, age, gender, sharpness) at least every n-th frame;
-    always on full-detection frames and while its track is unconfirmed."""
-    scene_cut_mad: float = 20.0
-    """Mean absolute difference (grey levels, 64x36 thumbnails) between consecutive frames
-    above which the frame is a scene cut: full detection and analysis. 0: never."""
-    thumbnail_size_px: int = 160
-    """Longest side of a best-shot JPEG."""
-    tracker: TrackerConfig = field(default_factory=TrackerConfig)
-    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
-
-    def __post_init__(self) -> None:
-        if self.detect_every_frames < 1 or self.analyze_every_frames < 1 or self.thumbnail_size_px < 16:
-            raise ConfigError("pipeline: detect_every_frames and analyze_every_frames must be >= 1, "
-                              "thumbnail_size_px >= 16")
-
+from stream_worker.pipeline.track_state import TrackState
+from stream_worker.pipeline.tracker import FaceTracker, TrackUpdate
 
 STAGES = ("detect", "analyze", "track", "identify")
 
@@ -162,13 +141,37 @@ class FacePipeline:
 
     def process(self, frames: Sequence[Frame]) -> list[FrameOutput]:
         """Process frames of different streams (one per stream, each after the previous frame
-        of its stream)."""
+        of its stream).
+
+        A step is atomic: if it raises (a model or gallery fault, a bad frame), every stream
+        of the batch is left exactly as it was before the step, so the same frames can be
+        retried (or replayed after a take-over) and give the same results."""
         if len({f.stream_id for f in frames}) != len(frames):
             raise ValueError("process() takes at most one frame per stream per call")
         for frame in frames:
-            state = self._stream(frame.stream_id)
-            if frame.index <= state.last_frame:
+            state = self.streams.get(frame.stream_id)
+            if state is not None and frame.index <= state.last_frame:
                 raise ValueError(f"stream {frame.stream_id}: frame {frame.index} after frame {state.last_frame}")
+        saved = {f.stream_id: self._snapshot(f.stream_id) for f in frames}
+        try:
+            return self._step(frames)
+        except BaseException:
+            for stream_id, state in saved.items():
+                if state is None:
+                    self.streams.pop(stream_id, None)
+                else:
+                    self.streams[stream_id] = state
+            raise
+
+    def _snapshot(self, stream_id: str) -> StreamState | None:
+        """A deep copy of a stream's state (the configuration objects are shared, not copied)."""
+        state = self.streams.get(stream_id)
+        if state is None:
+            return None
+        shared = {id(c): c for c in (self.config, self.config.tracker, self.config.identify)}
+        return copy.deepcopy(state, shared)
+
+    def _step(self, frames: Sequence[Frame]) -> list[FrameOutput]:
         times = self.times.seconds
         started = time.perf_counter()
         detections, is_full = self._detect(frames)
@@ -366,6 +369,16 @@ class FacePipeline:
         for t in record["tracks"]:
             track = TrackState.from_state(t, self.config.identify)
             state.tracks[track.track_id] = track
+
+    def last_frame(self, stream_id: str) -> int:
+        """The index of the last frame processed on a stream (-1 for a stream not seen)."""
+        state = self.streams.get(stream_id)
+        return -1 if state is None else state.last_frame
+
+    def drop_stream(self, stream_id: str) -> None:
+        """Forget a stream without ending its tracks (its partition moved to another worker,
+        or a checkpoint will restore it)."""
+        self.streams.pop(stream_id, None)
 
     def forget_identity(self, identity_id: str) -> None:
         """An identity was erased: live tracks drop its votes and, if named after it, the name."""

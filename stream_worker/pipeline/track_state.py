@@ -18,26 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from engines.errors import ConfigError
 from gallery.gallery import Match
+from stream_worker.config import IdentifyConfig
 from stream_worker.messages.results import IdentityRef
 from stream_worker.messages.state import pack_array, pack_bytes, unpack_array, unpack_bytes
-
-
-@dataclass(frozen=True, kw_only=True)
-class IdentifyConfig:
-    min_quality: float = 0.3
-    """Faces below this quality are never searched."""
-    search_quality_gain: float = 0.05
-    """Search again when the track's best quality improves by this much."""
-    switch_ratio: float = 1.5
-    """A named track changes identity only when another's vote weight is this many times its own."""
-    age_window: int = 64
-    """Most recent (age, quality) samples kept per track for the robust age."""
-
-    def __post_init__(self) -> None:
-        if self.switch_ratio < 1 or self.age_window < 1:
-            raise ConfigError("identify: switch_ratio must be >= 1 and age_window >= 1")
 
 
 @dataclass

@@ -18,45 +18,12 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from engines.detections import iou_matrix
-from engines.errors import ConfigError
+from stream_worker.config import TrackerConfig
 from stream_worker.messages.state import pack_array, unpack_array
 
 # dlib embeddings: same person ~0.97 cosine, different people ~0.83 (pairs.csv).
 _SAME_COSINE = 0.96
 _DIFFERENT_COSINE = 0.84
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrackerConfig:
-    min_hits: int = 3
-    """Matches before a track is confirmed (and gets an id in the output)."""
-    max_missed_frames: int = 45
-    """Frames a confirmed track survives without a match (occlusion, missed detection)."""
-    min_iou: float = 0.1
-    """Smallest overlap with the predicted box that allows a match on position alone."""
-    reacquire_distance: float = 2.0
-    """After a miss, a face this many box sides from the prediction may rejoin by appearance."""
-    min_cosine: float = 0.9
-    """Below this embedding similarity a face never joins a track, however it overlaps (on the
-    shared clip, 99% of correct matches score >= 0.93 against their track; the wrong ones seen,
-    at scene cuts, 0.86-0.91). A split track is better than a wrong name."""
-    reacquire_cosine: float = 0.93
-    """Similarity needed to rejoin a track by appearance when the boxes do not overlap."""
-    max_size_ratio: float = 1.6
-    """A face whose size differs from the track's prediction by more than this factor is
-    another face (a cut to a close-up, someone in front)."""
-    appearance_weight: float = 0.5
-    """Share of appearance (vs overlap) in the matching cost."""
-    embedding_momentum: float = 0.8
-    """Weight of the past in a track's running embedding."""
-
-    def __post_init__(self) -> None:
-        if self.min_hits < 1 or self.max_missed_frames < 0:
-            raise ConfigError("tracker: min_hits must be >= 1 and max_missed_frames >= 0")
-        if self.max_size_ratio < 1:
-            raise ConfigError("tracker: max_size_ratio must be >= 1")
-        if not 0 <= self.appearance_weight <= 1 or not 0 <= self.embedding_momentum < 1:
-            raise ConfigError("tracker: appearance_weight must be in [0, 1] and embedding_momentum in [0, 1)")
 
 
 def _box_to_z(box: np.ndarray) -> np.ndarray:

@@ -106,7 +106,7 @@ def free_port() -> int:
 
 def test_real_server_on_localhost(model_store, faces_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
-    env = {**os.environ, "FACESTREAM_HOME": str(model_store.home), "FACESTREAM_API_TOKEN": TOKEN}
+    env = {**os.environ, "FACESTREAM__MODELS__HOME": str(model_store.home), "FACESTREAM__API__TOKEN": TOKEN}
     server = subprocess.Popen(
         [sys.executable, "-m", "stream_worker.cli", "serve-api", "--db", str(tmp_path / "served.db"),
          "--port", str(port), "--device", "cpu"],

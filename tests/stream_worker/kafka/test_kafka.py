@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,12 +24,14 @@ import cv2
 import jsonschema
 import numpy as np
 import pytest
-from stream_worker.kafka.tail import tail_topic
 
+from engines.errors import InvalidImageError
 from gallery.gallery import Gallery
+from stream_worker.config import KafkaConfig, env_name
 from stream_worker.kafka.changelog import GalleryPublisher
-from stream_worker.kafka.client import KafkaConfig, ensure_topics, make_producer
+from stream_worker.kafka.client import ensure_topics, make_producer
 from stream_worker.kafka.produce import publish_frames
+from stream_worker.kafka.tail import tail_topic
 from stream_worker.kafka.wire import (
     DEAD_LETTER_KINDS,
     FrameMessage,
@@ -73,8 +76,8 @@ def kafka_config(broker: TansuBroker, name: str, **extra: Any) -> KafkaConfig:
 
 
 def env_for(config: KafkaConfig) -> dict[str, str]:
-    values = {k: v for k, v in vars(config).items() if not isinstance(v, bool)}
-    return {f"FACESTREAM__KAFKA__{k.upper()}": str(v) if v != "" else "''" for k, v in values.items()}
+    values = config.model_dump(mode="json", exclude={"sasl_password"})
+    return {env_name(("kafka", key)): json.dumps(v) if isinstance(v, bool) else str(v) for key, v in values.items()}
 
 
 def publish(config: KafkaConfig, frames: list[Frame], fmt: str = "jpeg", **options: Any) -> None:
@@ -108,8 +111,8 @@ class WorkerProcess:
             args += ["--gallery", str(gallery)]
         if metrics_port:
             args += ["--metrics-port", str(metrics_port)]
-        env = {**os.environ, **env_for(config), "FACESTREAM_HOME": str(home), "FACESTREAM_AUTO_FETCH": "0",
-               "FACESTREAM_DEVICE": "cpu"}
+        env = {**os.environ, **env_for(config), "FACESTREAM__MODELS__HOME": str(home), "FACESTREAM__MODELS__AUTO_FETCH": "0",
+               "FACESTREAM__RUNTIME__DEVICE": "cpu"}
         self.log = log
         self.metrics_port = metrics_port
         self.process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
@@ -128,6 +131,12 @@ class WorkerProcess:
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
+
+    def freeze(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, worker: WorkerProcess | None = None) -> None:
@@ -285,8 +294,11 @@ def test_killed_worker_replays_and_deduplicated_results_equal_a_clean_run(  # ty
     assert kept and all(gone for _, gone in kept.values())
     frames = messages(broker, crashed.detections_topic)
     assert {m["frame_index"] for m in frames} == set(range(len(clip_frames)))
-    replayed = len(frames) - len(clip_frames)
-    assert replayed >= 0
+    # Exactly what the killed worker published after its last checkpoint was replayed: the
+    # second worker resumed at that checkpoint's offset (one frame per message, from 0).
+    [resumed_at] = [int(n) for n in re.findall(r"resumed at offset (\d+)", second.log.read_text())]
+    assert 0 < resumed_at <= killed_at
+    assert len(frames) - len(clip_frames) == killed_at - resumed_at
     assert any(m["type"] == "track_identified" for m in messages(broker, crashed.tracks_topic))
 
 
@@ -341,6 +353,9 @@ def test_health_tells_a_stalled_poll_loop_from_a_starting_or_turning_one(detecto
         assert probe() == (200, "ok")
         worker._last_loop = time.monotonic() - 31
         assert probe() == (503, "stalled")
+        worker._last_loop = time.monotonic()
+        worker._failing = "pipeline on hamilton frame 3: RuntimeError: CUDA error"
+        assert probe() == (503, "failing")  # retrying a fault that is not the input's: unhealthy
     finally:
         server.shutdown()
 
@@ -351,6 +366,108 @@ def _healthy(worker: WorkerProcess) -> bool:
         return True
     except OSError:
         return False
+
+
+# --- faults that are not the input's, and input that is ------------------------------------------
+
+
+class FailingGpu:
+    """The multi-task network on a device that starts failing at its ``start_at``-th call and
+    recovers ``duration_s`` later (what an out-of-memory GPU or a crashed driver looks like)."""
+
+    def __init__(self, inner: Any, start_at: int, duration_s: float) -> None:
+        self.inner, self.start_at, self.duration_s = inner, start_at, duration_s
+        self.calls = self.failures = 0
+        self.since: float | None = None
+
+    def analyze(self, images: Any, faces: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.start_at:
+            self.since = time.monotonic()
+        if self.since is not None and time.monotonic() - self.since < self.duration_s:
+            self.failures += 1
+            raise RuntimeError("CUDA error: out of memory")
+        return self.inner.analyze(images, faces)
+
+
+POISON = 37
+
+
+class PoisonedPipeline(FacePipeline):
+    """The pipeline, refusing frame 37 as bad input (skippable), as it would a frame it cannot use."""
+
+    def _step(self, frames: Any) -> Any:
+        if any(f.index == POISON for f in frames):
+            raise InvalidImageError(f"frame {POISON}: unusable picture")
+        return super()._step(frames)
+
+
+def test_a_fault_that_is_not_the_inputs_dead_letters_nothing_and_every_frame_gets_its_result(  # type: ignore[no-untyped-def]
+    broker: TansuBroker, detector, multitask, clip_frames: list[Frame],
+) -> None:
+    """A GPU fault mid-stream sends no good frame to the dead-letter topic and commits nothing
+    past it: the worker turns unhealthy, goes back to its checkpoint and retries until the
+    fault clears; then every frame has its result, identical to a run without the fault. A
+    poison frame among the good ones (the input's fault) is the one dead letter."""
+    frames = clip_frames[:100]
+    base = kafka_config(broker, "fault", gallery_topic="")
+    ensure_topics(base)
+    publish(base, frames)
+
+    def results_config(name: str) -> KafkaConfig:
+        return base.model_copy(update={"group_id": name, "detections_topic": f"{name}.detections",
+                                       "tracks_topic": f"{name}.tracks", "alerts_topic": f"{name}.alerts",
+                                       "thumbnails_topic": f"{name}.thumbnails", "state_topic": f"{name}.state",
+                                       "dead_letter_topic": f"{name}.dead-letter"})
+
+    def run(config: KafkaConfig, network: Any, metrics: WorkerMetrics | None = None,
+            statuses: list[str] | None = None) -> Any:
+        pipeline = PoisonedPipeline(detector, network, None,
+                                    thumbnail_ref=functools.partial(thumbnail_reference, config.thumbnails_topic))
+        worker = KafkaWorker(pipeline, config, KafkaWorkerOptions(idle_exit_ms=3000), metrics=metrics)
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.05):
+                if statuses is not None:
+                    statuses.append(worker.health()["status"])
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            return worker.run()
+        finally:
+            done.set()
+            watcher.join()
+
+    clean, faulty = results_config("fault-clean"), results_config("fault-gpu")
+    clean_stats = run(clean, multitask)
+    gpu = FailingGpu(multitask, start_at=60, duration_s=3.0)
+    metrics, statuses = WorkerMetrics(), []
+    stats = run(faulty, gpu, metrics, statuses)
+
+    assert gpu.failures >= 3 and stats.failures == gpu.failures and stats.rewinds >= gpu.failures
+    assert "failing" in statuses and statuses[-1] == "ok"
+    assert metric_total(metrics, "facestream_failures") == gpu.failures
+    for config, run_stats in ((clean, clean_stats), (faulty, stats)):
+        letters = read_topic(broker.bootstrap, config.dead_letter_topic)
+        assert letters and len(letters) == run_stats.dead_letters  # (again after a rewind: at least once)
+        for letter in letters:  # the poison frame, and no good frame
+            headers = header_dict(letter.headers)
+            assert (headers["fs-dlq-kind"], headers["fs-frame-index"]) == ("pipeline", str(POISON))
+            assert "unusable picture" in headers["fs-dlq-reason"]
+        results = {m["frame_index"] for m in messages(broker, config.detections_topic)}
+        assert results == {f.index for f in frames} - {POISON}
+    assert clean_stats.dead_letters == 1
+    for kind in ("detections", "tracks"):  # replays are exact: after de-duplication, the clean run's messages
+        replayed = [json.loads(json.dumps(m).replace("kafka:fault-gpu.", "kafka:fault-clean."))
+                    for m in messages(broker, f"fault-gpu.{kind}")]
+        assert _by_event(replayed) == _by_event(messages(broker, f"fault-clean.{kind}"))
+
+
+def metric_total(metrics: WorkerMetrics, name: str) -> float:
+    return sum(s.value for m in metrics.registry.collect() if m.name == name for s in m.samples
+               if s.name.endswith("_total"))
 
 
 # --- malformed input -------------------------------------------------------------------------------
@@ -446,7 +563,7 @@ def cameras_on_every_partition(partitions: int) -> list[str]:
     raise AssertionError("no camera names cover every partition")
 
 
-def test_two_workers_share_cameras_and_one_takes_over_when_the_other_is_killed(  # type: ignore[no-untyped-def]
+def test_two_workers_share_cameras_one_takes_over_a_frozen_one_which_then_finds_its_partitions_lost(  # type: ignore[no-untyped-def]
     broker: TansuBroker, model_store, clip_frames: list[Frame], tmp_path: Path,
 ) -> None:
     config = kafka_config(broker, "group", gallery_topic="", frames_partitions=4)
@@ -483,7 +600,7 @@ def test_two_workers_share_cameras_and_one_takes_over_when_the_other_is_killed( 
             with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=2) as response:
                 assert "facestream_kafka_lag_messages{partition=" in response.read().decode()
 
-        b.kill()
+        b.freeze()  # past its session: the group evicts it, and A takes its cameras from B's checkpoints
         wait_for(lambda: set(a.health()["partitions"]) == {0, 1, 2, 3}, 60, "worker A to take over", a)
         second = camera_frames(40, 40)
         publish(config, second)
@@ -496,11 +613,26 @@ def test_two_workers_share_cameras_and_one_takes_over_when_the_other_is_killed( 
         for cam in taken:  # A continued B's tracks from B's checkpoint: no track id is started twice
             started = [t["track_id"] for t in tracks if t["stream_id"] == cam and t["type"] == "track_started"]
             assert len(started) == len(set(started))
-        a.process.send_signal(signal.SIGTERM)
-        assert a.wait(60) == 0
+
+        # B wakes up, still holding fetched phase-2 records: it may process them before it learns
+        # it was evicted (Kafka fences only its commits), so they can be published twice, but
+        # as the same messages.
+        b.thaw()
+        wait_for(lambda: "lost" in b.log.read_text(), 60, "worker B to find its partitions lost", b)
+        wait_for(split, 90, "the group to share the partitions again", a)
+        for worker in (a, b):
+            worker.process.send_signal(signal.SIGTERM)
+            assert worker.wait(60) == 0
+        assert set(frame_ids(broker, config.detections_topic)) == expected
+        # Every repeated event is the same message: had B ended a lost track where it was frozen,
+        # its track_ended would differ from the one A published for the same track later.
+        for topic in (config.detections_topic, config.tracks_topic):
+            _by_event(messages(broker, topic))
+        assert any(m["type"] == "track_ended" and m["stream_id"] in taken for m in messages(broker, config.tracks_topic))
     finally:
         for worker in (a, b):
             if worker.process.poll() is None:
+                worker.thaw()
                 worker.kill()
 
 
@@ -525,7 +657,7 @@ def test_gallery_changelog_enrol_reaches_every_worker_and_erasure_retracts(  # t
         done = subprocess.run(
             [sys.executable, "-m", "stream_worker.cli", "gallery", "--db", str(tmp_path / "a.db"), "--publish",
              broker.bootstrap, "--changelog-topic", base.gallery_topic, *args],
-            env={**os.environ, "FACESTREAM_HOME": str(model_store.home), "FACESTREAM_AUTO_FETCH": "0"},
+            env={**os.environ, "FACESTREAM__MODELS__HOME": str(model_store.home), "FACESTREAM__MODELS__AUTO_FETCH": "0"},
             capture_output=True, text=True, timeout=120, check=False,
         )
         assert done.returncode == 0, done.stderr
@@ -572,7 +704,7 @@ def test_gallery_changelog_enrol_reaches_every_worker_and_erasure_retracts(  # t
 
 
 def test_produce_and_tail_commands(broker: TansuBroker, faces_dir: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "FACESTREAM_KAFKA_BOOTSTRAP": broker.bootstrap}
+    env = {**os.environ, "FACESTREAM__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap}
     produced = subprocess.run(
         [sys.executable, "-m", "stream_worker.cli", "produce", "--source", f"cam9={faces_dir / CLIP}",
          "--topic", "cli.frames", "--format", "h264", "--gop-frames", "30"],
@@ -608,7 +740,7 @@ def test_produce_and_tail_commands(broker: TansuBroker, faces_dir: Path, tmp_pat
 def test_run_publishes_a_file_sources_results_to_kafka(broker: TansuBroker, model_store, faces_dir: Path,  # type: ignore[no-untyped-def]
                                                        tmp_path: Path) -> None:
     """`facestream run --kafka-out`: the stream worker with the Kafka sink."""
-    env = {**os.environ, "FACESTREAM_HOME": str(model_store.home), "FACESTREAM_AUTO_FETCH": "0",
+    env = {**os.environ, "FACESTREAM__MODELS__HOME": str(model_store.home), "FACESTREAM__MODELS__AUTO_FETCH": "0",
            "FACESTREAM__KAFKA__DETECTIONS_TOPIC": "run.detections", "FACESTREAM__KAFKA__TRACKS_TOPIC": "run.tracks",
            "FACESTREAM__KAFKA__ALERTS_TOPIC": "run.alerts"}
     done = subprocess.run(
@@ -651,7 +783,7 @@ def test_a_damaged_checkpoint_is_reported_and_the_partition_starts_fresh(  # typ
 ) -> None:
     from kafka.partitioner.default import murmur2
 
-    from stream_worker.kafka.worker import CHECKPOINT_FORMAT
+    from stream_worker.kafka.checkpoints import CHECKPOINT_FORMAT
 
     config = kafka_config(broker, "damaged", gallery_topic="")
     ensure_topics(config)

@@ -103,8 +103,7 @@ def test_best_shots_leave_the_checkpoint_and_come_back_bit_identical(  # type: i
 
 def test_a_checkpoint_too_large_for_a_message_is_skipped(detector, multitask,  # type: ignore[no-untyped-def]
                                                          clip_frames: list[Frame]) -> None:
-    from stream_worker.kafka.client import KafkaConfig
-    from stream_worker.kafka.worker import KafkaWorker
+    from stream_worker.kafka.checkpoints import fitting_checkpoint
     from stream_worker.messages.state import detach_shots
 
     pipeline = FacePipeline(detector, multitask, None)
@@ -114,7 +113,7 @@ def test_a_checkpoint_too_large_for_a_message_is_skipped(detector, multitask,  #
     size = len(json.dumps(state).encode())
 
     def fitted(limit: int) -> bytes | None:
-        return KafkaWorker(pipeline, KafkaConfig(max_message_bytes=limit))._fitting_checkpoint(state)
+        return fitting_checkpoint(state, limit)
 
     assert fitted(size) == json.dumps(state).encode()
     assert fitted(size - 1) is None

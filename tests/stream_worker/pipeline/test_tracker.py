@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engines.errors import ConfigError
 from stream_worker.pipeline.tracker import FaceTracker, TrackerConfig
 
 
@@ -92,5 +93,5 @@ def test_trackers_have_their_own_ids_and_reset() -> None:
 
 
 def test_config_is_validated() -> None:
-    with pytest.raises(Exception, match="min_hits"):
+    with pytest.raises(ConfigError, match="min_hits: Input should be greater than or equal to 1"):
         TrackerConfig(min_hits=0)

@@ -1,0 +1,49 @@
+"""Identity per track in the pipeline: a change of the vote leader past the switch ratio is a
+``track_identified`` event that names the previous identity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gallery.gallery import Match
+from stream_worker.config import IdentifyConfig, PipelineConfig
+from stream_worker.pipeline.face_pipeline import FacePipeline
+from stream_worker.pipeline.frames import Frame
+
+
+class ScriptedGallery:
+    """Answers the pipeline's searches from a script (the pipeline, not the gallery, is what
+    this test checks): the first ``ann_searches`` name Ann, every later one Bob."""
+
+    def __init__(self, ann_searches: int) -> None:
+        self.ann_searches = ann_searches
+        self.searches = 0
+
+    def search(self, queries: np.ndarray, k: int = 5) -> list[list[Match]]:
+        out = []
+        for _ in range(len(queries)):
+            self.searches += 1
+            who = "ann" if self.searches <= self.ann_searches else "bob"
+            out.append([Match(who, who.title(), 0.97, "match")])
+        return out
+
+
+def test_a_track_switches_identity_when_the_votes_turn_and_says_from_whom(  # type: ignore[no-untyped-def]
+    detector, multitask, hamilton_frames: list[Frame],
+) -> None:
+    gallery = ScriptedGallery(ann_searches=1)
+    # a second search (the best shot improved) outweighs the first at a ratio of 1
+    config = PipelineConfig(identify=IdentifyConfig(switch_ratio=1.0))
+    pipeline = FacePipeline(detector, multitask, gallery, config)  # type: ignore[arg-type]
+    events: list[dict[str, Any]] = []
+    for frame in hamilton_frames[82:211]:  # Lin in close-up: one long track, searched as its best shot improves
+        events += [e.to_json() for o in pipeline.process([frame]) for e in o.events if e.type == "track_identified"]
+    assert gallery.searches >= 2, "the track was not searched often enough for its votes to turn"
+    first, switch = events[0], events[1]
+    assert first["track_id"] == switch["track_id"]
+    assert first["identity"]["id"] == "ann" and first["previous_identity"] is None
+    assert switch["identity"]["id"] == "bob" and switch["previous_identity"]["id"] == "ann"
+    assert switch["frame_index"] > first["frame_index"]
+    assert switch["event_id"] == f"hamilton:track:{switch['track_id']}:identified:{switch['frame_index']}"
