@@ -1,28 +1,129 @@
-"""REST API over a gallery: the same operations as ``facestream gallery``, with bearer-token
-authentication and an upload size limit. Built by :func:`create_app`; served by
-``facestream serve-api``. OpenAPI documentation at ``/docs``.
+"""REST API over a gallery: the same operations as ``facestream gallery``, built by
+:func:`create_app` and served by ``facestream serve-api``. OpenAPI documentation at
+``/docs``, served from the package (no CDN: it works offline).
+
+What a request goes through, in order:
+
+1. :class:`RequestGuard` (plain ASGI, before FastAPI reads anything): the bearer token is
+   checked before a single byte of the body is read (401), a declared ``Content-Length``
+   over the limit is refused at once (413), and a body without one is counted as it
+   streams and cut off at the limit (413): nothing larger is ever buffered or spooled.
+2. The endpoint. Requests that run the models (search, enrol) go to a bounded
+   :class:`InferencePool` off the event loop; when its workers and queue are full the
+   request gets 429 at once (with ``Retry-After``), so ``/health`` and every other
+   endpoint keep answering while searches run.
+3. Uploaded images are refused from their header above ``max_image_pixels`` (422) before
+   any pixel is decoded; ids, names and metadata are checked (422); an import is checked
+   whole before anything is written.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at
-# definition time, and they refer to closure variables (the bearer scheme).
+# definition time.
+import asyncio
+import contextlib
 import hmac
-import json
 import logging
-from collections.abc import Iterator
-from typing import Annotated, Any
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile, status
+from fastapi import File, Form, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engines.errors import InvalidImageError
+from engines.runtime.engine import available_cpus
+from gallery import validation as valid
 from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.errors import EnrolmentRefusedError, GalleryCorruptError, GalleryError, IdentityNotFoundError
 from gallery.gallery import Gallery
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
+PUBLIC_PATHS = frozenset({"/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+PUBLIC_PREFIXES = ("/static-offline-docs/",)
+"""Paths that need no token: liveness and the documentation (no personal data)."""
+
+
+def _json(code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=code, headers=headers)
+
+
+class RequestGuard:
+    """Authenticate before reading the body; enforce the body limit while it streams."""
+
+    def __init__(self, app: ASGIApp, *, token: str, max_body_bytes: int) -> None:
+        self.app = app
+        self.expected = token.encode()
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
+            scheme, _, presented = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self.expected):
+                await _json(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                            {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            await _json(status.HTTP_413_CONTENT_TOO_LARGE,
+                        f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes} bytes")(
+                scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    # FastAPI passes an HTTPException raised while it reads the body through as is
+                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
+                                        f"request body exceeds the limit of {self.max_body_bytes} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+class InferencePool:
+    """Model work off the event loop: ``workers`` at a time and ``queue_limit`` waiting;
+    beyond that, 429 at once instead of an ever longer queue."""
+
+    def __init__(self, workers: int, queue_limit: int) -> None:
+        self.workers = workers or available_cpus()
+        self.capacity = self.workers + queue_limit
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="api-inference")
+        self._lock = threading.Lock()
+        self.admitted = 0
+        self.refused = 0
+
+    async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            if self.admitted >= self.capacity:
+                self.refused += 1
+                raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                                    f"busy: {self.admitted} requests are running or waiting for the models; retry "
+                                    "shortly", headers={"Retry-After": "1"})
+            self.admitted += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: function(*args, **kwargs))
+        finally:
+            with self._lock:
+                self.admitted -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def create_app(
@@ -31,48 +132,39 @@ def create_app(
     *,
     token: str,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-) -> FastAPI:
+    max_image_pixels: int = 40_000_000,
+    inference_workers: int = 0,
+    queue_limit: int = 32,
+) -> FastAPIOffline:
     """The API for one gallery. ``token`` must be presented as ``Authorization: Bearer ...``."""
     if len(token) < 16:
         raise ValueError("the API token must be at least 16 characters")
-    app = FastAPI(
+    pool = InferencePool(inference_workers, queue_limit)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        yield
+        pool.close()
+
+    app = FastAPIOffline(
         title="FaceStream gallery",
         description="Enrol known people from photos, search photos against them, erase them.",
         version="1",
+        lifespan=lifespan,
     )
-    bearer = HTTPBearer(auto_error=False)
-    expected = token.encode()
+    app.add_middleware(RequestGuard, token=token, max_body_bytes=max_upload_bytes)
+    app.state.inference = pool
 
-    def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected):
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    auth = [Depends(authorised)]
-
-    @app.middleware("http")
-    async def limit_upload_size(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_upload_bytes:
-            return JSONResponse(
-                {"detail": f"request body of {length} bytes exceeds the limit of {max_upload_bytes} bytes"},
-                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-            )
-        return await call_next(request)
-
-    @app.exception_handler(IdentityNotFoundError)
-    async def not_found(_: Request, exc: IdentityNotFoundError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
-
-    @app.exception_handler(InvalidImageError)
-    async def bad_image(_: Request, exc: InvalidImageError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    for error, code in ((IdentityNotFoundError, status.HTTP_404_NOT_FOUND),
+                        (InvalidImageError, status.HTTP_422_UNPROCESSABLE_CONTENT),
+                        (EnrolmentRefusedError, status.HTTP_422_UNPROCESSABLE_CONTENT),
+                        (valid.InvalidInputError, status.HTTP_422_UNPROCESSABLE_CONTENT)):
+        app.add_exception_handler(error, lambda _, exc, code=code: _json(code, str(exc)))
 
     @app.exception_handler(GalleryCorruptError)
     async def corrupt(_: Request, exc: GalleryCorruptError) -> JSONResponse:
         log.error("%s", exc)
-        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
+        return _json(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc))
 
     async def read_upload(upload: UploadFile) -> bytes:
         data = await upload.read(max_upload_bytes + 1)
@@ -82,19 +174,22 @@ def create_app(
         return data
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        """Liveness and what the gallery serves (no authentication, no personal data)."""
-        return {"status": "ok", "model": gallery.model, "threshold": gallery.threshold}
+    async def health() -> dict[str, Any]:
+        """Liveness and what the gallery serves (no authentication, no personal data). Answers
+        at once, whatever the models are doing."""
+        return {"status": "ok", "model": gallery.model, "threshold": gallery.threshold,
+                "inference": {"workers": pool.workers, "admitted": pool.admitted, "capacity": pool.capacity,
+                              "refused": pool.refused}}
 
-    @app.get("/identities", dependencies=auth)
+    @app.get("/identities")
     def list_identities() -> list[dict[str, Any]]:
         return [i.to_json() for i in gallery.identities()]
 
-    @app.get("/identities/{identity_id}", dependencies=auth)
+    @app.get("/identities/{identity_id}")
     def show_identity(identity_id: str) -> dict[str, Any]:
         return gallery.identity(identity_id).to_json()
 
-    @app.post("/identities/{identity_id}/photos", dependencies=auth)
+    @app.post("/identities/{identity_id}/photos")
     async def enrol(
         identity_id: str,
         photos: Annotated[list[UploadFile], File(description="one or more photos of this person")],
@@ -103,52 +198,48 @@ def create_app(
         largest_face: Annotated[bool, Form()] = False,
     ) -> JSONResponse:
         """Enrol photos; 201 if at least one was accepted, 422 (with the reasons) if none was."""
-        meta = None
-        if metadata is not None:
-            try:
-                meta = json.loads(metadata)
-            except ValueError as exc:
-                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"metadata is not JSON: {exc}") from exc
-            if not isinstance(meta, dict):
-                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "metadata must be a JSON object")
+        checked_id = valid.identity_id(identity_id)
+        checked_name = None if name is None else valid.display_name(name)
+        meta = None if metadata is None else valid.parse_metadata(metadata)
         uploads = [(p.filename or f"photo {i + 1}", await read_upload(p)) for i, p in enumerate(photos)]
         policy = EnrolPolicy(min_quality=enroller.policy.min_quality, largest_face=largest_face)
-        per_request = PhotoEnroller(gallery, enroller.embedder, policy)
-        outcomes = per_request.enrol(identity_id, uploads, name=name, metadata=meta)
+        per_request = PhotoEnroller(gallery, enroller.embedder, policy, max_pixels=max_image_pixels)
+        outcomes = await pool.run(per_request.enrol, checked_id, uploads, name=checked_name, metadata=meta)
         accepted = any(o.status != "refused" for o in outcomes)
         body: dict[str, Any] = {"photos": [o.to_json() for o in outcomes], "identity": None}
         if accepted:
-            body["identity"] = gallery.identity(identity_id).to_json()
+            body["identity"] = gallery.identity(checked_id).to_json()
         code = status.HTTP_201_CREATED if accepted else status.HTTP_422_UNPROCESSABLE_CONTENT
         return JSONResponse(body, status_code=code)
 
-    @app.delete("/identities/{identity_id}", dependencies=auth)
+    @app.delete("/identities/{identity_id}")
     def remove(identity_id: str) -> dict[str, Any]:
         """Erase an identity: its record, templates and vectors. The erasure is recorded."""
         event = gallery.remove(identity_id)
         return {"erased": event.identity_id, "templates_removed": event.templates_removed,
                 "event_id": event.event_id, "erased_utc": event.erased_utc}
 
-    @app.post("/search", dependencies=auth)
+    @app.post("/search")
     async def search(
         photo: Annotated[UploadFile, File(description="a photo to search")],
         k: Annotated[int, Query(ge=1, le=100)] = 5,
     ) -> dict[str, Any]:
         """Every face of the photo with its top-k identities and decisions."""
         data = await read_upload(photo)
-        faces = enroller.search(photo.filename or "photo", data, k=k)
+        searcher = PhotoEnroller(gallery, enroller.embedder, enroller.policy, max_pixels=max_image_pixels)
+        faces = await pool.run(searcher.search, photo.filename or "photo", data, k=k)
         return {"faces": [f.to_json() for f in faces]}
 
-    @app.get("/stats", dependencies=auth)
+    @app.get("/stats")
     def stats() -> dict[str, Any]:
         return gallery.stats()
 
-    @app.get("/erasures", dependencies=auth)
+    @app.get("/erasures")
     def erasures(after: Annotated[int, Query(ge=0)] = 0) -> list[dict[str, Any]]:
         """Erasure events after an event id (for downstream systems to apply)."""
         return [e.__dict__ for e in gallery.store.erasures(after)]
 
-    @app.get("/export", dependencies=auth)
+    @app.get("/export")
     def export() -> StreamingResponse:
         def lines() -> Iterator[str]:
             for line in gallery.export_jsonl():
@@ -156,16 +247,17 @@ def create_app(
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    @app.post("/import", dependencies=auth)
+    @app.post("/import")
     async def import_(backup: Annotated[UploadFile, File(description="a FaceStream gallery export")]) -> dict[str, int]:
+        """Load an export: checked whole first, then applied in one transaction (all or nothing)."""
         data = await read_upload(backup)
         try:
-            return gallery.import_jsonl(data.decode().splitlines())
-        except (GalleryError, UnicodeDecodeError) as exc:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the export is not UTF-8 text") from None
+        try:
+            return await asyncio.to_thread(gallery.import_jsonl, text.splitlines())
+        except GalleryError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-
-    @app.exception_handler(EnrolmentRefusedError)
-    async def refused(_: Request, exc: EnrolmentRefusedError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     return app

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from engines.errors import InvalidImageError
-from engines.image import decode_image
+from engines.image import MAX_DECODE_PIXELS, decode_image
 from gallery.errors import EnrolmentRefusedError
 from gallery.gallery import Gallery, Match
 
@@ -78,13 +78,16 @@ def _side(box: tuple[float, float, float, float]) -> float:
 class PhotoEnroller:
     """Turns photos into gallery templates and searches."""
 
-    def __init__(self, gallery: Gallery, embedder: FaceEmbedder, policy: EnrolPolicy | None = None) -> None:
+    def __init__(self, gallery: Gallery, embedder: FaceEmbedder, policy: EnrolPolicy | None = None, *,
+                 max_pixels: int = MAX_DECODE_PIXELS) -> None:
         self.gallery = gallery
         self.embedder = embedder
         self.policy = policy or EnrolPolicy()
+        self.max_pixels = max_pixels
+        """Photos whose header declares more pixels are refused before decoding."""
 
     def _face_for_enrolment(self, source: str, data: bytes) -> FaceSample:
-        image = decode_image(data, name=source)
+        image = decode_image(data, name=source, max_pixels=self.max_pixels)
         faces = self.embedder.faces(image)
         if not faces:
             raise EnrolmentRefusedError(f"{source}: no face found")
@@ -140,7 +143,8 @@ class PhotoEnroller:
 
     def search(self, source: str, data: bytes, k: int = 5) -> list[FaceSearch]:
         """Search every face of a photo; largest face first."""
-        faces = sorted(self.embedder.faces(decode_image(data, name=source)), key=lambda f: -_area(f.box))
+        image = decode_image(data, name=source, max_pixels=self.max_pixels)
+        faces = sorted(self.embedder.faces(image), key=lambda f: -_area(f.box))
         if not faces:
             return []
         results = self.gallery.search(np.stack([f.embedding for f in faces]), k=k)

@@ -14,14 +14,20 @@ from typing import Any
 import numpy as np
 
 from engines.store.catalog import EMBEDDING_MODEL_ID
+from gallery import validation as valid
 from gallery.defaults import DEFAULT_CALIBRATIONS
 from gallery.errors import EnrolmentRefusedError, GalleryError
+from gallery.export import EXPORT_FORMAT, ExportHeader, embedding_array, parse_export
 from gallery.index import IndexConfig, TemplateIndex
 from gallery.store import Erasure, GalleryStore, Identity
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMAT = "facestream-gallery-templates/1"
+NEAR_DUPLICATE = 0.99
+"""Cosine at or above which a new template is the same face as another identity's (refused).
+Measured with the dlib embedding: the 167 same-person pairs of ``pairs.csv`` (different
+photos) score at most 0.9865; one photo re-encoded as CMYK JPEG, TIFF, 16-bit PNG, JPEG at
+quality 60 or at half size scores 0.9996 to 1.0 against the original."""
 
 
 @dataclass(frozen=True)
@@ -196,14 +202,18 @@ class Gallery:
         metadata: dict[str, Any] | None = None,
         image_sha256: Sequence[str | None] | None = None,
         quality: Sequence[float | None] | None = None,
+        refuse_near_duplicates: bool = True,
     ) -> list[int]:
         """Add templates (creating the identity if needed); returns the new template ids.
 
         A template whose image hash is already enrolled for this model is not added twice:
-        skipped when it belongs to the same identity, refused when it belongs to another.
+        skipped when it belongs to the same identity, refused when it belongs to another. A
+        template whose embedding is a near-identical copy (cosine >= ``NEAR_DUPLICATE``) of
+        another identity's template is refused too: the same photo re-encoded, cropped or
+        converted has other bytes but the same face. (Replicas and restores, which copy
+        decisions already made, pass ``refuse_near_duplicates=False``.)
         """
-        if not identity_id or not isinstance(identity_id, str):
-            raise ValueError("identity id must be a non-empty string")
+        identity_id = valid.identity_id(identity_id)
         vectors = unit(embeddings, self.dim)
         hashes = list(image_sha256) if image_sha256 is not None else [None] * len(vectors)
         qualities = list(quality) if quality is not None else [None] * len(vectors)
@@ -218,6 +228,8 @@ class Gallery:
                     raise EnrolmentRefusedError(
                         f"this photo (sha256 {digest[:16]}...) is already enrolled for identity '{owner}'"
                     )
+            if refuse_near_duplicates and keep:
+                self._refuse_near_duplicates(identity_id, vectors[keep])
             if not keep:  # every photo already enrolled for this identity: update name/metadata only
                 self._names[identity_id] = self.store.upsert_identity(identity_id, name=name, metadata=metadata).name
                 self._wrote()
@@ -237,8 +249,23 @@ class Gallery:
             self._per_identity[identity_id] += len(ids)
             return ids
 
+    def _refuse_near_duplicates(self, identity_id: str, vectors: np.ndarray) -> None:
+        for hits in self._nearest(vectors, k=2):
+            other = next(((owner, score) for owner, score in hits if owner != identity_id), None)
+            if other is not None and other[1] >= NEAR_DUPLICATE:
+                raise EnrolmentRefusedError(
+                    f"this face is a near-identical copy (cosine {other[1]:.4f} >= {NEAR_DUPLICATE}) of a template "
+                    f"of identity '{other[0]}': the same photo, re-encoded or converted?"
+                )
+
     def remove(self, identity_id: str) -> Erasure:
-        """Erase an identity: its record, all its templates (every model) and its vectors."""
+        """Erase an identity: its record, all its templates (every model) and its vectors.
+        (An id stored before ids were checked can still be erased by its exact text.)"""
+        try:
+            identity_id = valid.identity_id(identity_id)
+        except valid.InvalidInputError:
+            if not any(i.id == identity_id for i in self.store.identities()):
+                raise
         with self._lock:
             self._sync()
             event, removed = self.store.remove_identity(identity_id)
@@ -264,19 +291,24 @@ class Gallery:
             if len(self._tids) == 0:
                 return [[] for _ in vectors]
             threshold = self.threshold
-            per_identity = max(self._per_identity.values())
-            scores, ids = self._index.search(vectors, min(len(self._tids), k * per_identity))
-            grouped = best_per_identity(scores, ids, self._tids, self._owners, k)
             return [
                 [Match(owner, self._names.get(owner, owner), score, "match" if score >= threshold else "unknown")
                  for owner, score in hits]
-                for hits in grouped
+                for hits in self._nearest(vectors, k)
             ]
+
+    def _nearest(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """Per unit query, up to ``k`` (identity, best template score), best first (lock held)."""
+        if len(self._tids) == 0:
+            return [[] for _ in vectors]
+        per_identity = max(self._per_identity.values())
+        scores, ids = self._index.search(vectors, min(len(self._tids), k * per_identity))
+        return best_per_identity(scores, ids, self._tids, self._owners, k)
 
     # --- reading -------------------------------------------------------------------------
 
     def identity(self, identity_id: str) -> Identity:
-        return self.store.identity(identity_id)
+        return self.store.identity(valid.identity_id(identity_id))
 
     def identities(self) -> list[Identity]:
         return self.store.identities()
@@ -303,7 +335,7 @@ class Gallery:
 
     def export_jsonl(self) -> Iterator[str]:
         """JSON lines: a header, then one line per identity and one per template."""
-        yield json.dumps({"format": EXPORT_FORMAT, "dim": self.dim})
+        yield ExportHeader(format=EXPORT_FORMAT, dim=self.dim).model_dump_json()
         for identity in self.store.identities():
             yield json.dumps({"identity": identity.to_json()})
         for template in self.store.iter_templates():
@@ -315,40 +347,15 @@ class Gallery:
             }})
 
     def import_jsonl(self, lines: Iterable[str]) -> dict[str, int]:
-        """Load an export (into this or another gallery). Existing images are skipped."""
-        counts = {"identities": 0, "templates": 0, "skipped": 0}
+        """Load an export (into this or another gallery): every line is checked first, then
+        everything is applied in one transaction, so a bad file changes nothing. Templates
+        whose image is already enrolled are skipped."""
+        parsed = parse_export(lines, self.dim)
         with self._lock:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError as exc:
-                    raise GalleryError(f"import line {number}: not JSON ({exc})") from exc
-                if number == 1:
-                    if record.get("format") != EXPORT_FORMAT or record.get("dim") != self.dim:
-                        raise GalleryError(f"import: not a {EXPORT_FORMAT} export of {self.dim}-D templates")
-                    continue
-                if "identity" in record:
-                    i = record["identity"]
-                    self.store.upsert_identity(i["id"], name=i["name"], metadata=i["metadata"])
-                    self._wrote()
-                    self._names[i["id"]] = i["name"]
-                    counts["identities"] += 1
-                elif "template" in record:
-                    t = record["template"]
-                    digest = t.get("image_sha256")
-                    if digest and self.store.find_image(t["model"], digest):
-                        counts["skipped"] += 1
-                        continue
-                    vector = np.asarray([t["embedding"]], np.float32)
-                    if t["model"] == self.model:
-                        self.enrol(t["identity_id"], vector, image_sha256=[digest], quality=[t.get("quality")])
-                    else:  # kept for re-enrolment reports, not searchable with this model
-                        self.store.add_templates(t["identity_id"], t["model"], vector, image_sha256=[digest],
-                                                 quality=[t.get("quality")])
-                        self._wrote()
-                    counts["templates"] += 1
-                else:
-                    raise GalleryError(f"import line {number}: neither an identity nor a template")
-        return counts
+            added, skipped = self.store.import_all(
+                [(i.id, i.name, i.metadata) for i in parsed.identities],
+                [(line, t.identity_id, t.model, embedding_array(t), t.image_sha256, t.quality)
+                 for line, t in parsed.templates],
+            )
+            self._load_index()
+        return {"identities": len(parsed.identities), "templates": added, "skipped": skipped}

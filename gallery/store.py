@@ -8,7 +8,9 @@ it is still current. Embeddings are stored as little-endian float32 blobs.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from gallery.errors import GalleryCorruptError, IdentityNotFoundError
+from engines.fileio import fsync_dir
+from gallery import validation as valid
+from gallery.errors import GalleryCorruptError, GalleryError, IdentityNotFoundError
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x46534731  # "FSG1": marks a FaceStream gallery file
@@ -109,16 +113,31 @@ class GalleryStore:
         self.last_write: tuple[int, int] = (-1, -1)
         """Generation before and after this connection's last write (another process may
         write to the same file between two of ours)."""
-        if not self.path.exists() and not create:
-            raise GalleryCorruptError(f"{self.path}: no gallery database here")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = self.path.exists()
+        if not existed and not create:
+            raise GalleryCorruptError(f"{self.path}: no gallery database here (enrol someone to create one, or name "
+                                      "the right file)")
+        if existed and not self.path.is_file():
+            raise GalleryCorruptError(f"{self.path}: not a file; name the gallery database file")
+        if existed and self.path.stat().st_size == 0:
+            raise GalleryCorruptError(
+                f"{self.path}: the file is empty (0 bytes), not a gallery. If it held identities, restore it from a "
+                "backup (`facestream gallery import`); to start a new gallery, remove the empty file or name a new one. "
+                "Nothing was changed."
+            )
+        if not existed:
+            self._create()
         with self._errors("open"):
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                self._init_schema()  # first, read only: a file that is not a gallery is left exactly as it was
+            except BaseException:
+                self._db.close()
+                raise
             self._db.execute("PRAGMA foreign_keys = ON")
             self._db.execute("PRAGMA secure_delete = ON")  # erased embeddings are overwritten, not left in free pages
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
-            self._init_schema()
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -146,17 +165,39 @@ class GalleryStore:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def _create(self) -> None:
+        """A new, empty gallery, built aside and linked into place: a crash leaves no gallery
+        or a complete one, never a half-made file that a later open would take for damage."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        aside = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            with self._errors("create"):
+                db = sqlite3.connect(aside, isolation_level=None)
+                try:
+                    db.execute("PRAGMA journal_mode = WAL")
+                    db.executescript(
+                        f"BEGIN IMMEDIATE; {_SCHEMA}"
+                        f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('generation', '0'), "
+                        f"('created_utc', '{utc_now()}'); PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
+                    )
+                finally:
+                    db.close()  # (the last connection checkpoints the WAL into the file)
+            with aside.open("rb") as f:
+                os.fsync(f.fileno())
+            try:
+                os.link(aside, self.path)  # never replaces: another process may have created it meanwhile
+            except FileExistsError:
+                pass
+            fsync_dir(self.path.parent)
+        finally:
+            aside.unlink(missing_ok=True)
+
     def _init_schema(self) -> None:
         (app_id,) = self._db.execute("PRAGMA application_id").fetchone()
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not tables:
-            # One transaction: a crash leaves either no gallery or a complete empty one.
-            self._db.executescript(
-                f"BEGIN IMMEDIATE; {_SCHEMA}"
-                f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('generation', '0'), "
-                f"('created_utc', '{utc_now()}'); PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
-            )
-            return
+            raise GalleryCorruptError(f"{self.path}: an SQLite database without a FaceStream gallery in it; name "
+                                      "another file (nothing was changed)")
         if app_id != APPLICATION_ID or "meta" not in tables:
             raise GalleryCorruptError(f"{self.path}: an SQLite database, but not a FaceStream gallery")
         version = int(self._meta("schema_version"))
@@ -183,12 +224,16 @@ class GalleryStore:
     # --- identities ----------------------------------------------------------------------
 
     def upsert_identity(self, identity_id: str, *, name: str | None = None, metadata: dict[str, Any] | None = None) -> Identity:
+        identity_id = valid.identity_id(identity_id)
         with self._transaction() as db:
             self._upsert(db, identity_id, name, metadata)
         return self.identity(identity_id)
 
     @staticmethod
     def _upsert(db: sqlite3.Connection, identity_id: str, name: str | None, metadata: dict[str, Any] | None) -> None:
+        identity_id = valid.identity_id(identity_id)
+        name = None if name is None else valid.display_name(name)
+        metadata = None if metadata is None else valid.metadata(metadata)
         now = utc_now()
         row = db.execute("SELECT name, metadata FROM identities WHERE id = ?", (identity_id,)).fetchone()
         if row is None:
@@ -252,6 +297,7 @@ class GalleryStore:
         """Add templates to an identity in one transaction; returns their ids. With ``create``,
         the identity is created (or its name/metadata updated) in the same transaction, so a
         crash never leaves an identity without the templates it was created for."""
+        identity_id = valid.identity_id(identity_id)
         embeddings = np.ascontiguousarray(embeddings, dtype="<f4")
         n = len(embeddings)
         hashes = list(image_sha256) if image_sha256 is not None else [None] * n
@@ -272,6 +318,35 @@ class GalleryStore:
                 ids.append(int(cursor.lastrowid))  # type: ignore[arg-type]
             db.execute("UPDATE identities SET updated_utc = ? WHERE id = ?", (now, identity_id))
         return ids
+
+    def import_all(
+        self,
+        identities: Sequence[tuple[str, str, dict[str, Any]]],
+        templates: Sequence[tuple[int, str, str, np.ndarray, str | None, float | None]],
+    ) -> tuple[int, int]:
+        """Identities ``(id, name, metadata)`` and templates ``(line, identity id, model,
+        embedding, image sha256, quality)`` in one transaction: all or nothing. Templates
+        whose image is already enrolled for their model are skipped. Returns (added, skipped)."""
+        added = skipped = 0
+        now = utc_now()
+        with self._transaction() as db:
+            for identity_id, name, metadata in identities:
+                self._upsert(db, identity_id, name, metadata)
+            for line, identity_id, model, vector, digest, quality in templates:
+                if db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone() is None:
+                    raise GalleryError(f"import line {line}: a template of identity '{identity_id}', which is neither "
+                                       "in the file nor in the gallery (nothing was imported)")
+                if digest and db.execute("SELECT 1 FROM templates WHERE model = ? AND image_sha256 = ?",
+                                         (model, digest)).fetchone() is not None:
+                    skipped += 1
+                    continue
+                db.execute(
+                    "INSERT INTO templates (identity_id, model, embedding, image_sha256, quality, enrolled_utc) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (identity_id, model, np.ascontiguousarray(vector, "<f4").tobytes(), digest, quality, now),
+                )
+                added += 1
+        return added, skipped
 
     def templates(self, model: str, *, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All templates of one model: (template ids int64, identity ids object, embeddings (n, dim))."""

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from engines.runtime.engine import EngineRuntime
+from stream_worker.cli.files import writable_dir
 from stream_worker.cli.options import add_config_options, add_options, bounded
 from stream_worker.cli.startup import build_pipeline, stop_on_signals
 from stream_worker.config import FaceStreamConfig
+from stream_worker.kafka.gallery_copy import GalleryCopy
 from stream_worker.kafka.worker import KafkaWorker, KafkaWorkerOptions
 from stream_worker.local.sinks import Sink, ThumbnailSink
 from stream_worker.metrics import WorkerMetrics, serve
@@ -26,7 +28,8 @@ def add_parsers(commands: Any) -> None:
         "the configuration (see README, 'Kafka').",
     )
     consume.add_argument("--thumbnails", type=Path, help="folder for each track's best shot")
-    consume.add_argument("--idle-exit-ms", type=bounded(int, 0, 2**31, "--idle-exit-ms"), default=0, help="stop after this long without input (0: never)")
+    consume.add_argument("--idle-exit-ms", type=bounded(int, 0, 2**31, "--idle-exit-ms"), default=0,
+                         help="stop after this long without input (0: never)")
     add_options(consume, "bootstrap", "consume", "gallery", "metrics", "runtime", "models")
     add_config_options(consume)
     consume.set_defaults(handler=run)
@@ -34,10 +37,12 @@ def add_parsers(commands: Any) -> None:
 
 def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     stop = stop_on_signals()
-    with EngineRuntime(config.runtime) as runtime, tempfile.TemporaryDirectory(prefix="facestream-gallery-",
-                                                                              dir=config.gallery.copy_dir) as tmp:
-        thumbnails = ThumbnailSink(args.thumbnails) if args.thumbnails else None
-        path = config.gallery.path or (Path(tmp) / "gallery.db" if config.kafka.gallery_topic else None)
+    with contextlib.ExitStack() as stack:
+        path = config.gallery.path
+        if path is None and config.kafka.gallery_topic:  # a copy replayed from the changelog
+            path = stack.enter_context(GalleryCopy(config.gallery.copy_dir))
+        runtime = stack.enter_context(EngineRuntime(config.runtime))
+        thumbnails = ThumbnailSink(writable_dir(args.thumbnails, "--thumbnails", create=True)) if args.thumbnails else None
         pipeline, gallery = build_pipeline(config, runtime, gallery_path=path, create_gallery=True,
                                            thumbnails=thumbnails, thumbnails_topic=config.kafka.thumbnails_topic)
         sinks: list[Sink] = [thumbnails] if thumbnails is not None else []

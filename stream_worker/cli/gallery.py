@@ -19,13 +19,18 @@ import numpy as np
 from tqdm import tqdm
 
 from engines.errors import ConfigError, FaceStreamError
+from engines.fileio import atomic_write_bytes
+from gallery import validation as valid
 from gallery.calibration import DEFAULT_TARGET_FMR, calibrate
 from gallery.enrol import EnrolPolicy, PhotoEnroller
+from gallery.errors import GalleryError
 from gallery.gallery import Gallery
+from stream_worker.cli.files import read_image_bytes, readable_file, writable_file
 from stream_worker.cli.options import (
     add_config_options,
     add_options,
     add_pipeline_options,
+    bounded,
     engine_runtime,
     face_analyzer,
     given,
@@ -51,7 +56,7 @@ def add_parsers(commands: Any) -> None:
     enrol = actions.add_parser("enrol", help="enrol photos of one person")
     enrol.add_argument("--id", required=True, dest="identity", help="identity id (your key, e.g. a case number)")
     enrol.add_argument("--name", help="display name")
-    enrol.add_argument("--meta", type=json.loads, help="metadata as a JSON object")
+    enrol.add_argument("--meta", help="metadata as a JSON object (at most 64 KiB, 8 levels deep)")
     enrol.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     enrol.add_argument("--largest-face", action="store_true", help="enrol the largest face of photos with several")
     enrol.add_argument("--min-quality", type=quality, default=EnrolPolicy().min_quality,
@@ -80,7 +85,8 @@ def add_parsers(commands: Any) -> None:
     cal = actions.add_parser("calibrate", help="set the decision threshold for a false-match rate from labelled pairs")
     cal.add_argument("--pairs", type=Path, required=True,
                      help="CSV with columns path_a, path_b, same (1/0); paths relative to the CSV's folder")
-    cal.add_argument("--target-fmr", type=float, default=DEFAULT_TARGET_FMR, help="default %(default)s")
+    cal.add_argument("--target-fmr", type=bounded(float, 1e-9, 0.5, "--target-fmr"), default=DEFAULT_TARGET_FMR,
+                     help="default %(default)s")
     add_pipeline_options(cal)
 
 
@@ -91,6 +97,7 @@ def _print(record: Any) -> None:
 def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     if config.gallery.path is None:
         raise ConfigError(f"name the gallery database with --db PATH (or {env_name(('gallery', 'path'))})")
+    _check_arguments(args)  # before any model or gallery is opened
     with contextlib.ExitStack() as stack:
 
         def analyzer() -> FaceAnalyzer:
@@ -104,9 +111,27 @@ def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
 
             if not config.kafka.gallery_topic:
                 raise ConfigError("--publish needs a changelog topic (kafka.gallery_topic is empty)")
-            publisher = GalleryPublisher(make_producer(config.kafka), config.kafka.gallery_topic)
+            publisher = GalleryPublisher(make_producer(config.kafka), config.kafka.gallery_topic,
+                                         timeout_s=config.kafka.delivery_timeout_ms / 1000)
             stack.callback(publisher.producer.close)
         return _run_gallery(args, config, analyzer, publisher)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """What the command line says, checked: ids, metadata, files to read, where to write."""
+    command = args.gallery_command
+    if getattr(args, "identity", None) is not None and command == "enrol":
+        args.identity = valid.identity_id(args.identity)
+    if getattr(args, "meta", None) is not None:
+        args.meta = valid.parse_metadata(args.meta)
+    if getattr(args, "name", None) is not None:
+        args.name = valid.display_name(args.name)
+    if command == "import":
+        readable_file(args.file, "the export to import")
+    if command == "calibrate":
+        readable_file(args.pairs, "the pairs file")
+    if command == "export" and args.out is not None:
+        writable_file(args.out, "the export")
 
 
 def _run_gallery(args: argparse.Namespace, config: FaceStreamConfig, analyzer: AnalyzerFactory,
@@ -117,7 +142,12 @@ def _run_gallery(args: argparse.Namespace, config: FaceStreamConfig, analyzer: A
         if command == "enrol":
             status = _enrol(args, gallery, analyzer())
             if publisher is not None and any(i.id == args.identity for i in gallery.identities()):
-                publisher.publish_identity(gallery, args.identity)
+                try:
+                    publisher.publish_identity(gallery, args.identity)
+                except FaceStreamError as exc:
+                    raise type(exc)(f"{exc}. The enrolment is saved in {gallery.path}; publish it with "
+                                    f"`facestream gallery --db {gallery.path} --publish BROKERS publish "
+                                    f"{args.identity}`") from None
             return status
         if command == "publish":
             if publisher is None:
@@ -125,49 +155,81 @@ def _run_gallery(args: argparse.Namespace, config: FaceStreamConfig, analyzer: A
             for identity_id in args.identities or [i.id for i in gallery.identities()]:
                 publisher.publish_identity(gallery, identity_id)
                 _print({"published": identity_id, "topic": config.kafka.gallery_topic})
-        if command == "list":
+        elif command == "list":
             for identity in gallery.identities():
                 _print(identity.to_json())
         elif command == "show":
             _print(gallery.identity(args.identity).to_json())
         elif command == "remove":
-            event = gallery.remove(args.identity)
-            if publisher is not None:
-                publisher.publish_erasure(args.identity)
-            _print({"erased": event.identity_id, "templates_removed": event.templates_removed,
-                    "event_id": event.event_id, "erased_utc": event.erased_utc})
+            _remove(args.identity, gallery, publisher)
         elif command == "search":
-            enroller = PhotoEnroller(gallery, analyzer())
-            faces = enroller.search(str(args.image), args.image.read_bytes(), k=args.k)
-            _print({"image": str(args.image), "faces": [f.to_json() for f in faces]})
+            return _search(args, gallery, analyzer)
         elif command == "stats":
             _print(gallery.stats())
         elif command == "export":
-            out = args.out.open("w") if args.out else sys.stdout
-            try:
-                for line in gallery.export_jsonl():
-                    out.write(line + "\n")
-            finally:
-                if args.out:
-                    out.close()
+            _export(gallery, args.out)
         elif command == "import":
-            with args.file.open() as f:
-                _print(gallery.import_jsonl(f))
+            try:
+                with args.file.open(encoding="utf-8") as f:
+                    _print(gallery.import_jsonl(f))
+            except UnicodeDecodeError:
+                raise GalleryError(f"{args.file}: not a text file (a gallery export is JSON lines)") from None
         elif command == "calibrate":
             return _calibrate(args, gallery, analyzer())
     return 0
 
 
+def _remove(identity_id: str, gallery: Gallery, publisher: Any) -> None:
+    """Erase an identity; with --publish the changelog must acknowledge the erasure first
+    (so workers erase it too), or nothing is erased and the error says so."""
+    if publisher is not None:
+        identity = gallery.identity(identity_id)  # exists? (no publishing for a typo)
+        try:
+            publisher.publish_erasure(identity.id)
+        except FaceStreamError as exc:
+            raise type(exc)(f"{exc}. Nothing was erased; run the command again when the brokers answer") from None
+    event = gallery.remove(identity_id)
+    _print({"erased": event.identity_id, "templates_removed": event.templates_removed,
+            "event_id": event.event_id, "erased_utc": event.erased_utc,
+            "published": publisher is not None})
+
+
+def _search(args: argparse.Namespace, gallery: Gallery, analyzer: AnalyzerFactory) -> int:
+    """Who is in the photo; a photo that cannot be read or decoded is the input's fault (exit 1)."""
+    try:
+        data = read_image_bytes(args.image)
+        faces = PhotoEnroller(gallery, analyzer()).search(str(args.image), data, k=args.k)
+    except FaceStreamError as exc:
+        if not exc.skippable:
+            raise
+        _print({"image": str(args.image), "error": str(exc), "error_type": type(exc).__name__})
+        log.error("%s", exc)
+        return 1
+    _print({"image": str(args.image), "faces": [f.to_json() for f in faces]})
+    return 0
+
+
+def _export(gallery: Gallery, out: Path | None) -> None:
+    if out is None:
+        for line in gallery.export_jsonl():
+            sys.stdout.write(line + "\n")
+        return
+    data = "".join(line + "\n" for line in gallery.export_jsonl()).encode()
+    try:
+        atomic_write_bytes(out, data)  # a failed export never leaves half a backup
+    except OSError as exc:
+        raise ConfigError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
+    log.info("exported %s to %s (%d bytes)", gallery.path, out, len(data))
+
+
 def _enrol(args: argparse.Namespace, gallery: Gallery, embedder: FaceAnalyzer) -> int:
-    if args.meta is not None and not isinstance(args.meta, dict):
-        raise ConfigError("--meta must be a JSON object")
     enroller = PhotoEnroller(gallery, embedder, EnrolPolicy(min_quality=args.min_quality, largest_face=args.largest_face))
     outcomes = []
     for path in tqdm(args.images, desc=f"enrolling {args.identity}", unit="photo", disable=None, file=sys.stderr):
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            outcomes.append({"source": str(path), "status": "refused", "reason": f"cannot read: {exc.strerror}"})
+            data = read_image_bytes(path)
+        except FaceStreamError as exc:
+            outcomes.append({"source": str(path), "status": "refused", "reason": str(exc)})
             continue
         outcomes += [o.to_json() for o in enroller.enrol(args.identity, [(str(path), data)], name=args.name,
                                                           metadata=args.meta)]

@@ -14,6 +14,7 @@ import av
 from tqdm import tqdm
 
 from engines.runtime.engine import EngineRuntime
+from stream_worker.cli.files import writable_dir, writable_file
 from stream_worker.cli.options import add_config_options, add_options, given
 from stream_worker.cli.startup import build_pipeline, parse_sources, stop_on_signals
 from stream_worker.config import FaceStreamConfig
@@ -55,6 +56,13 @@ def known_frames(uri: str) -> int | None:
 
 def run_worker(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     sources = parse_sources(args.source)
+    # outputs are checked before the models load: a missing or read-only folder is a clear error now
+    if args.out is not None:
+        writable_file(args.out, "--out")
+    if args.video_out is not None:
+        writable_file(args.video_out, "--video-out")
+    if args.thumbnails is not None:
+        writable_dir(args.thumbnails, "--thumbnails", create=True)
     stop = stop_on_signals()
     with EngineRuntime(config.runtime) as runtime:
         thumbnails = ThumbnailSink(args.thumbnails) if args.thumbnails else None

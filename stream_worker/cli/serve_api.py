@@ -51,7 +51,9 @@ def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
         with Gallery(config.gallery.path, index=index, threshold=config.gallery.threshold) as gallery:
             enroller = PhotoEnroller(gallery, face_analyzer(config, runtime, multitask=True),
                                      EnrolPolicy(min_quality=api.min_quality))
-            app = create_app(gallery, enroller, token=token, max_upload_bytes=int(api.max_upload_mb * 2**20))
+            app = create_app(gallery, enroller, token=token, max_upload_bytes=int(api.max_upload_mb * 2**20),
+                             max_image_pixels=api.max_image_pixels, inference_workers=api.inference_workers,
+                             queue_limit=api.queue_limit)
             log.warning("serving gallery %s on http://%s:%d (docs at /docs)", config.gallery.path, api.host, api.port)
             uvicorn.run(app, host=api.host, port=api.port, log_level="warning")
     return 0

@@ -8,6 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
+from engines.errors import ConfigError
 from engines.mtcnn.detector import MTCNNDetector
 from engines.multitask.network import MultiTaskNet
 from engines.runtime.device import Device
@@ -18,23 +19,34 @@ from stream_worker.config import FaceStreamConfig
 from stream_worker.kafka.wire import thumbnail_reference
 from stream_worker.local.sinks import ThumbnailSink
 from stream_worker.pipeline.face_pipeline import FacePipeline, ThumbnailRef
+from stream_worker.pipeline.frames import InvalidStreamIdError, check_stream_id, stream_id_from
 
 
 def parse_sources(specs: list[str]) -> list[tuple[str, str]]:
-    """``[ID=]URI`` -> (stream id, uri); ids default to the file name, made unique."""
+    """``[ID=]URI`` -> (stream id, uri). An id given is checked (never altered) and may be
+    given once; an id taken from the file name has other characters replaced and a suffix
+    when two files share a name. Bad or repeated ids are refused before anything starts."""
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     for n, spec in enumerate(specs, 1):
         head, sep, tail = spec.partition("=")
         if sep and "://" not in head and "/" not in head and head:
             stream_id, uri = head, tail
+            try:
+                check_stream_id(stream_id)
+            except InvalidStreamIdError as exc:
+                raise ConfigError(f"--source {spec}: {exc}") from None
+            if stream_id in seen:
+                raise ConfigError(f"--source {spec}: stream id {stream_id!r} is given twice; each stream needs its own")
         else:
             uri = spec
             local_name = Path(uri.split("?")[0].rstrip("/")).stem if "://" not in uri else ""
-            stream_id = local_name or f"stream{n}"
-        base, k = stream_id, 2
-        while stream_id in seen:
-            stream_id, k = f"{base}-{k}", k + 1
+            base = stream_id_from(local_name, f"stream{n}")
+            stream_id, k = base, 2
+            while stream_id in seen:
+                stream_id, k = f"{base[:60]}-{k}", k + 1
+        if not uri:
+            raise ConfigError(f"--source {spec}: no URI after the stream id")
         seen.add(stream_id)
         out.append((stream_id, uri))
     return out

@@ -27,7 +27,8 @@ import numpy as np
 
 from gallery.gallery import Gallery
 from gallery.store import utc_now
-from stream_worker.kafka.client import KafkaConfig, TopicReader
+from stream_worker.config import KafkaConfig
+from stream_worker.kafka.client import KafkaUnavailableError, TopicReader
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +53,42 @@ def identity_record(gallery: Gallery, identity_id: str) -> dict[str, Any]:
                                                    "metadata": identity.metadata}, "templates": templates}
 
 
-class GalleryPublisher:
-    """Publishes a gallery's enrolments and erasures (acks=all, flushed before returning)."""
+class ChangelogNotAcknowledgedError(KafkaUnavailableError):
+    """The brokers did not acknowledge a changelog record: the workers may not have it."""
 
-    def __init__(self, producer: Any, topic: str) -> None:
+
+class GalleryPublisher:
+    """Publishes a gallery's enrolments and erasures, and waits until the brokers have
+    acknowledged each (acks=all); a record that is not acknowledged raises
+    :class:`ChangelogNotAcknowledgedError`, never passes for published."""
+
+    def __init__(self, producer: Any, topic: str, *, timeout_s: float = 30.0) -> None:
         self.producer = producer
         self.topic = topic
+        self.timeout_s = timeout_s
+
+    def _send(self, records: list[tuple[str, bytes | None]], what: str) -> None:
+        from kafka.errors import KafkaError
+
+        futures = [self.producer.send(self.topic, key=key.encode(), value=value) for key, value in records]
+        try:
+            self.producer.flush(timeout=self.timeout_s)
+            for future in futures:
+                future.get(timeout=0)  # raises the delivery error, or a timeout for one still in flight
+        except KafkaError as exc:
+            raise ChangelogNotAcknowledgedError(
+                f"{what} was not acknowledged by the changelog {self.topic} within {self.timeout_s:g} s "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
 
     def publish_identity(self, gallery: Gallery, identity_id: str) -> None:
         record = identity_record(gallery, identity_id)
-        self.producer.send(self.topic, key=identity_id.encode(), value=json.dumps(record).encode())
-        self.producer.flush()
+        self._send([(identity_id, json.dumps(record).encode())], f"the enrolment of '{identity_id}'")
 
     def publish_erasure(self, identity_id: str) -> None:
-        self.producer.send(self.topic, key=identity_id.encode(), value=None)  # tombstone
         event = {"schema": ERASURE_SCHEMA, "identity_id": identity_id, "erased_utc": utc_now()}
-        self.producer.send(self.topic, key=f"{ERASURE_PREFIX}{identity_id}".encode(), value=json.dumps(event).encode())
-        self.producer.flush()
+        self._send([(identity_id, None), (f"{ERASURE_PREFIX}{identity_id}", json.dumps(event).encode())],
+                   f"the erasure of '{identity_id}'")
 
 
 def apply_identity(gallery: Gallery, record: dict[str, Any]) -> int:
@@ -82,7 +102,8 @@ def apply_identity(gallery: Gallery, record: dict[str, Any]) -> int:
         gallery.store.upsert_identity(identity["id"], name=identity["name"], metadata=identity["metadata"])
         return 0
     added = gallery.enrol(identity["id"], vectors, name=identity["name"], metadata=identity["metadata"],
-                          image_sha256=[t["image_sha256"] for t in ours], quality=[t["quality"] for t in ours])
+                          image_sha256=[t["image_sha256"] for t in ours], quality=[t["quality"] for t in ours],
+                          refuse_near_duplicates=False)  # a replica copies decisions already made
     return len(added)
 
 

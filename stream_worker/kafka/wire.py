@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from engines.errors import FaceStreamError
+from stream_worker.pipeline.frames import InvalidStreamIdError, check_stream_id
 
 CONTENT_TYPE = "content-type"
 STREAM_ID = "fs-stream-id"
@@ -146,6 +147,10 @@ def parse_frame_message(key: bytes | None, headers: Sequence[tuple[str, bytes | 
     stream_id = values.get(STREAM_ID, "")
     if not stream_id:
         raise MalformedMessageError(f"missing header {STREAM_ID}", kind="header")
+    try:
+        check_stream_id(stream_id)
+    except InvalidStreamIdError as exc:
+        raise MalformedMessageError(f"header {STREAM_ID}: {exc}", kind="header") from None
     if key is not None and key != stream_id.encode():
         raise MalformedMessageError(f"message key {key[:60]!r} differs from {STREAM_ID} {stream_id[:60]!r}", kind="key")
     fps = _number(values, FPS, float, required=content_type in VIDEO_TYPES)

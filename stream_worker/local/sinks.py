@@ -22,6 +22,7 @@ import numpy as np
 from engines.fileio import atomic_write_bytes
 from stream_worker.messages.results import TrackEvent
 from stream_worker.pipeline.face_pipeline import FrameOutput
+from stream_worker.pipeline.frames import check_stream_id
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class ThumbnailSink:
         self.folder = folder
 
     def reference(self, stream_id: str, track_id: int) -> str:
-        return str(self.folder / _safe(stream_id) / f"track-{track_id}.jpg")
+        return str(self.folder / check_stream_id(stream_id) / f"track-{track_id}.jpg")
 
     def write(self, output: FrameOutput) -> None:
         self._save(output.frame.stream_id, output.thumbnails)
@@ -82,10 +83,6 @@ class ThumbnailSink:
 
     def close(self) -> None:
         pass
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _colour(track_id: int | None) -> tuple[int, int, int]:
@@ -127,7 +124,7 @@ class VideoSink:
     def _file(self, stream_id: str) -> Path:
         if not self.several:
             return self.path
-        return self.path.with_name(f"{self.path.stem}.{_safe(stream_id)}{self.path.suffix or '.mp4'}")
+        return self.path.with_name(f"{self.path.stem}.{check_stream_id(stream_id)}{self.path.suffix or '.mp4'}")
 
     def write(self, output: FrameOutput) -> None:
         stream_id = output.frame.stream_id

@@ -14,6 +14,8 @@ recording plays to its end instead of stopping at the first bad packet.
 from __future__ import annotations
 
 import logging
+import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +62,33 @@ def _redact(text: str, uri: str) -> str:
     return text.replace(password, "***") if password else text
 
 
+def mp4_without_index(path: Path) -> bool:
+    """True for a file that starts as MP4/MOV (an ``ftyp`` box) but holds no ``moov`` box: a
+    recording whose writer stopped before it wrote the index at the end."""
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            position = 0
+            while position + 8 <= size:
+                f.seek(position)
+                header = f.read(16)
+                length, kind = struct.unpack(">I4s", header[:8])
+                if position == 0 and kind != b"ftyp":
+                    return False
+                if kind == b"moov":
+                    return False
+                if length == 1 and len(header) == 16:
+                    length = struct.unpack(">Q", header[8:16])[0]
+                elif length == 0:
+                    length = size - position
+                if length < 8:
+                    break
+                position += length
+            return position > 0
+    except OSError:
+        return False
+
+
 class VideoSource:
     """A video file, or a live stream (RTSP/HTTP/...) decoded by PyAV with threaded decoding."""
 
@@ -82,9 +111,22 @@ class VideoSource:
         except FileNotFoundError:
             raise CorruptSourceError(f"{self.stream_id}: no such file {self.uri}") from None
         except av.error.InvalidDataError as exc:
+            if not self.live and mp4_without_index(Path(self.uri)):
+                raise CorruptSourceError(
+                    f"{self.stream_id}: {self.uri} is an MP4 recording cut short before its index (moov) was written: "
+                    "the index says where each frame is and holds the decoder's parameters, so nothing in the file "
+                    "can be decoded without it. Recover it with a tool that borrows the index of a complete "
+                    "recording from the same camera (for example untrunc), and record to MPEG-TS, Matroska or "
+                    "fragmented MP4, which stay playable up to where they are cut"
+                ) from None
             raise CorruptSourceError(
                 _redact(f"{self.stream_id}: {self.uri} is not a decodable video ({exc})", self.uri)
             ) from None
+        except (av.error.ExitError, av.error.TimeoutError):
+            # PyAV interrupts FFmpeg when the timeout passes; FFmpeg calls that "Immediate exit requested".
+            raise SourceUnavailableError(_redact(
+                f"{self.stream_id}: {self.uri} sent nothing within {self.open_timeout_ms} ms (timed out; "
+                "stream.open_timeout_ms)", self.uri)) from None
         except (av.error.FFmpegError, OSError) as exc:
             # FFmpeg's messages quote the URL, password included.
             raise SourceUnavailableError(_redact(f"{self.stream_id}: cannot open {self.uri}: {exc}", self.uri)) from None
@@ -146,6 +188,9 @@ class VideoSource:
                 for frame in self._decode(container, stop, index, gap):
                     index, gap = frame.index + 1, None
                     yield frame
+            except (av.error.ExitError, av.error.TimeoutError):
+                log.warning("%s: no data for %d ms: the stream stalled (timed out; stream.open_timeout_ms)",
+                            self.stream_id, self.open_timeout_ms)
             except (av.error.FFmpegError, OSError) as exc:
                 log.warning("%s: stream interrupted (%s)", self.stream_id, _redact(str(exc), self.uri))
             finally:

@@ -40,7 +40,7 @@ from stream_worker.local.sources import Source, SourceUnavailableError, open_sou
 from stream_worker.messages.results import StreamGap
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.pipeline.face_pipeline import FacePipeline, FrameOutput, stage_summary
-from stream_worker.pipeline.frames import Frame
+from stream_worker.pipeline.frames import Frame, check_stream_id
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,7 @@ class Worker:
     # --- streams -------------------------------------------------------------------------
 
     def add_stream(self, stream_id: str, uri: str) -> None:
+        check_stream_id(stream_id)
         if stream_id in self.runners:
             raise FaceStreamError(f"stream {stream_id} is already running")
         cfg = self.config

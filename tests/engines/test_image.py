@@ -14,7 +14,7 @@ from PIL import Image
 
 from engines.config import OversizePolicy
 from engines.errors import ImageTooLargeError, InvalidImageError
-from engines.image import decode_image, prepare_image, read_image_file, to_rgb
+from engines.image import decode_image, prepare_image, read_image_bytes, read_image_file, to_rgb
 
 
 def test_bgr_is_swapped_and_rgb_is_kept() -> None:
@@ -61,8 +61,16 @@ def test_corrupt_and_empty_data_are_refused(faces_dir: Path, tmp_path: Path) -> 
         decode_image(b"", name="x.jpg")
     with pytest.raises(InvalidImageError, match="not a decodable image"):
         decode_image(b"GIF89a but not really" * 10, name="x.gif")
-    with pytest.raises(InvalidImageError, match="cannot read file"):
+    with pytest.raises(InvalidImageError, match="missing.jpg: no such file"):
         read_image_file(tmp_path / "missing.jpg")
+    with pytest.raises(InvalidImageError, match="a folder, not an image file"):
+        read_image_file(tmp_path)
+    with pytest.raises(InvalidImageError, match="/dev/zero: not a regular file"):  # would never end
+        read_image_file("/dev/zero")
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff" * 2000)
+    with pytest.raises(InvalidImageError, match="2000 bytes, more than the limit of 1000"):
+        read_image_bytes(big, max_bytes=1000)
 
 
 def test_truncated_jpeg_never_crashes(faces_dir: Path) -> None:

@@ -212,3 +212,119 @@ def test_two_processes_sharing_one_file_see_each_others_changes(tmp_path: Path) 
         operator.remove("alice")
         assert "alice" not in {m.identity_id for m in worker.search(vectors(1)[:1], k=5)[0]}
         assert {m.identity_id for m in operator.search(vectors(4)[:1], k=5)[0]} >= {"dave"}
+
+
+# --- what the gallery refuses -----------------------------------------------------------------
+
+
+def _gallery_with_index(tmp_path: Path) -> tuple[Path, dict[Path, bytes]]:
+    db = tmp_path / "people.db"
+    with Gallery(db) as gallery:
+        gallery.enrol("alice", vectors(1, 2))
+    files = {p: p.read_bytes() for p in tmp_path.iterdir() if p.name != db.name}
+    assert any(p.suffix == ".faiss" for p in files)
+    return db, files
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda db: db.write_bytes(b""), "the file is empty"),  # `: > people.db`
+    (lambda db: db.write_bytes(db.read_bytes()[:5000]), "cannot be read"),  # truncated
+    (lambda db: db.write_bytes(b"\xff\xd8\xff\xe0 a JPEG, not a database" * 100), "cannot be read"),
+    (lambda db: (db.unlink(), sqlite3.connect(db).execute("PRAGMA user_version = 7").connection.commit()),
+     "an SQLite database without a FaceStream gallery"),  # an SQLite file with nothing in it
+    (lambda db: (db.unlink(), sqlite3.connect(db).execute("CREATE TABLE t (x)").connection.commit()),
+     "an SQLite database, but not a FaceStream gallery"),
+])
+def test_a_damaged_database_is_an_error_naming_the_file_and_nothing_is_overwritten(tmp_path: Path, damage,  # type: ignore[no-untyped-def]
+                                                                                   message: str) -> None:
+    db, others = _gallery_with_index(tmp_path)
+    damage(db)
+    damaged = db.read_bytes()
+    for create in (False, True):
+        with pytest.raises(GalleryCorruptError, match=message) as refused:
+            Gallery(db, create=create)
+        assert str(db) in str(refused.value)
+    assert db.read_bytes() == damaged  # not turned into an empty gallery
+    assert {p: p.read_bytes() for p in others} == others  # the index cache that still holds the vectors: kept
+
+
+def test_a_new_gallery_is_created_whole(tmp_path: Path) -> None:
+    db = tmp_path / "new" / "people.db"
+    with Gallery(db) as gallery:
+        assert gallery.identities() == []
+    assert sorted(p.name for p in db.parent.iterdir() if p.name.startswith(".")) == []  # no creation leftovers
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("", "blank"), ("   ", "blank"), ("a" * 129, "at most 128"), ("nul\x00id", "control character"),
+    ("line\nbreak", "control character"), ("zero\u200bwidth", "format character"),
+    ("bidi\u202eoverride", "format character"), ("..", "slash or is a dot name"), ("a/b", "slash"),
+    ("a\\b", "slash"), (" padded", "starts or ends with a space"), ("\ud800", "surrogate"),
+])
+def test_bad_identity_ids_are_refused(tmp_path: Path, bad: str, why: str) -> None:
+    from gallery.validation import InvalidInputError
+
+    with Gallery(tmp_path / "g.db") as gallery:
+        with pytest.raises(InvalidInputError, match=why):
+            gallery.enrol(bad, vectors(1))
+        assert gallery.identities() == []
+
+
+def test_identity_ids_are_compared_in_their_nfc_form(tmp_path: Path) -> None:
+    composed, decomposed = "jos\u00e9", "jose\u0301"
+    with Gallery(tmp_path / "g.db") as gallery:
+        gallery.enrol(decomposed, vectors(1))
+        gallery.enrol(composed, vectors(2))
+        assert [i.id for i in gallery.identities()] == [composed]
+        assert gallery.identity(decomposed).templates == {gallery.model: 2}
+        assert gallery.remove(decomposed).templates_removed == 2
+
+
+def test_a_near_identical_embedding_of_another_identity_is_refused(tmp_path: Path) -> None:
+    with Gallery(tmp_path / "g.db") as gallery:
+        gallery.enrol("alice", vectors(1))
+        copy = vectors(1) + 0.02 * vectors(9)  # cosine about 0.9998: the same face, re-encoded
+        with pytest.raises(EnrolmentRefusedError, match=r"near-identical copy \(cosine 0\.99\d\d >= 0\.99\) of a "
+                                                         r"template of identity 'alice'"):
+            gallery.enrol("bob", copy)
+        assert len(gallery.enrol("alice", copy)) == 1  # the same identity may have it
+        assert len(gallery.enrol("bob", copy, refuse_near_duplicates=False)) == 1  # a replica copies decisions
+
+
+@pytest.mark.parametrize("line, message", [
+    ("[]", "neither an identity nor a template"),
+    ('{"identity": {}}', r"identity\.id: Field required"),
+    ('{"template": {"identity_id": "x", "model": "m", "embedding": [0.5, 0.5]}}', "a 2-D embedding"),
+    ('{"template": {"identity_id": "x", "model": "m", "embedding": [NaN' + ", 0.1" * 127 + "]}}",
+     "not JSON"),
+    ('{"identity": {"id": "x", "name": "X", "metadata": ' + '{"a": ' * 20 + "1" + "}" * 20 + "}}",
+     "nested deeper than 8"),
+    ('{"identity": {"id": "x", "name": "X", "metadata": ' + "[" * 100_000 + "]" * 100_000 + "}}",
+     "nested too deeply"),
+    ('{"identity": {"id": "bad\\u0000id", "name": "X", "metadata": {}}}', "control character"),
+    ("not json", "not JSON"),
+])
+def test_a_bad_import_is_refused_whole_naming_the_line(tmp_path: Path, line: str, message: str) -> None:
+    from gallery.errors import GalleryError
+
+    with Gallery(tmp_path / "source.db") as source:
+        source.enrol("alice", vectors(1), image_sha256=["p1"])
+        export = list(source.export_jsonl())
+    with Gallery(tmp_path / "target.db") as target:
+        for bad in (export[:1] + [line] + export[1:], export + [line]):  # first or last: nothing is applied
+            with pytest.raises(GalleryError, match=f"import line {bad.index(line) + 1}: .*{message}"):
+                target.import_jsonl(bad)
+            assert target.identities() == [] and target.store.template_counts() == {}
+        assert target.import_jsonl(export) == {"identities": 1, "templates": 1, "skipped": 0}
+
+
+def test_an_import_refers_only_to_identities_it_or_the_gallery_has(tmp_path: Path) -> None:
+    from gallery.errors import GalleryError
+
+    with Gallery(tmp_path / "source.db") as source:
+        source.enrol("alice", vectors(1))
+        header, _, template = list(source.export_jsonl())
+    with Gallery(tmp_path / "target.db") as target:
+        with pytest.raises(GalleryError, match="line 2: a template of identity 'alice', which is neither in the file"):
+            target.import_jsonl([header, template])
+        assert target.store.template_counts() == {}

@@ -72,3 +72,29 @@ def test_enrolment_refusals(enrolled: Gallery, detector, multitask, faces_dir: P
     assert largest.enrol("newcomer", [("group.jpg", group.read_bytes())])[0].status == "enrolled"
     assert largest.enrol("newcomer", [("group.jpg", group.read_bytes())])[0].status == "duplicate"
     enrolled.remove("newcomer")
+
+
+def test_the_same_photo_re_encoded_is_refused_for_another_identity(tmp_path: Path, detector, multitask,  # type: ignore[no-untyped-def]
+                                                                    faces_dir: Path) -> None:
+    """Byte-level duplicate checks miss a photo saved again: its embedding does not."""
+    import io
+
+    import cv2
+    from PIL import Image
+
+    photo = faces_dir / "face_recognition/examples/lin-manuel-miranda.png"
+    rgb = Image.open(photo).convert("RGB")
+    copies = {}
+    for name, fmt, image in (("cmyk.jpg", "JPEG", rgb.convert("CMYK")), ("copy.tif", "TIFF", rgb)):
+        buffer = io.BytesIO()
+        image.save(buffer, fmt)
+        copies[name] = buffer.getvalue()
+    copies["deep.png"] = cv2.imencode(".png", (np.asarray(rgb)[..., ::-1].astype(np.uint16) * 257))[1].tobytes()
+    with Gallery(tmp_path / "g.db") as gallery:
+        enroller = PhotoEnroller(gallery, FaceAnalyzer(detector, multitask), EnrolPolicy(min_quality=0.0))
+        assert enroller.enrol("lin", [("lin.png", photo.read_bytes())])[0].status == "enrolled"
+        for n, (name, data) in enumerate(copies.items()):
+            [outcome] = enroller.enrol(f"someone-{n}", [(name, data)])
+            assert outcome.status == "refused", name
+            assert "near-identical copy" in (outcome.reason or "") and "identity 'lin'" in (outcome.reason or "")
+        assert [i.id for i in gallery.identities()] == ["lin"]

@@ -700,6 +700,25 @@ def test_gallery_changelog_enrol_reaches_every_worker_and_erasure_retracts(  # t
                 worker.wait(60)
 
 
+def test_an_erasure_the_changelog_did_not_acknowledge_fails_loudly(broker: TansuBroker) -> None:
+    """An erasure is reported only once the brokers have it; a broker that does not answer
+    (frozen) makes it an error, not a success."""
+    from stream_worker.kafka.changelog import ChangelogNotAcknowledgedError
+
+    config = kafka_config(broker, "unacked", request_timeout_ms=2000, delivery_timeout_ms=3000)
+    ensure_topics(config)
+    publisher = GalleryPublisher(make_producer(config), config.gallery_topic, timeout_s=3)
+    publisher.publish_erasure("someone")  # a broker that answers: acknowledged
+    broker.freeze()
+    try:
+        with pytest.raises(ChangelogNotAcknowledgedError, match="the erasure of 'lin' was not acknowledged by the "
+                                                                "changelog unacked.gallery within 3 s"):
+            publisher.publish_erasure("lin")
+    finally:
+        broker.resume()
+        publisher.producer.close(timeout=0)
+
+
 # --- the command line ------------------------------------------------------------------------------
 
 

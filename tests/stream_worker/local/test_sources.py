@@ -114,3 +114,55 @@ def test_live_stream_reconnects_after_a_drop_and_reports_the_gap(clip_ts: Path) 
     assert after.gap is not None and after.gap.seconds >= 1.0 and after.gap.frames_lost >= 20
     assert after.index == 275 + after.gap.frames_lost  # frame indices count the frames lost
     assert source.reconnects >= 1
+
+
+def test_a_silent_live_source_is_reported_as_a_timeout(tmp_path: Path) -> None:
+    """A server that accepts the connection and sends nothing: the error says it timed out
+    (FFmpeg's own words were "Immediate exit requested"), without the password."""
+    from stream_worker.local.sources import SourceUnavailableError
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
+    source = open_source("cam", f"http://viewer:s3cret@127.0.0.1:{server.getsockname()[1]}/live", open_timeout_ms=1000)
+    try:
+        with pytest.raises(SourceUnavailableError, match=r"sent nothing within 1000 ms \(timed out") as failed:
+            source._open()
+        assert "Immediate exit" not in str(failed.value) and "s3cret" not in str(failed.value)
+    finally:
+        server.close()
+        for connection in accepted:
+            connection.close()
+
+
+@pytest.mark.parametrize("container, options", [("matroska", {}), ("mp4", {"movflags": "faststart"}),
+                                                ("mp4", {"movflags": "frag_keyframe+empty_moov"})])
+def test_recordings_cut_in_half_play_up_to_the_cut(faces_dir: Path, tmp_path: Path, container: str,
+                                                   options: dict[str, str]) -> None:
+    """What recorders write and a crash cuts short: Matroska, MP4 with its index first, and
+    fragmented MP4 play the decodable part (MPEG-TS: the test above)."""
+    whole = tmp_path / f"clip.{container}"
+    with av.open(str(faces_dir / CLIP)) as src, av.open(str(whole), "w", format=container, options=options) as dst:
+        video = src.streams.video[0]
+        stream = dst.add_stream_from_template(video)
+        for packet in src.demux(video):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    cut = tmp_path / f"cut.{container}"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    assert 100 < len(list(open_source("cut", str(cut)).frames(threading.Event()))) < 275
+
+
+def test_an_mp4_cut_before_its_index_is_explained(faces_dir: Path, tmp_path: Path) -> None:
+    """The shared clip keeps its index at the end, as MP4 writers do by default: cut in half,
+    nothing is decodable (the decoder's parameters are in the lost index), and the error says
+    so and what to do."""
+    data = (faces_dir / CLIP).read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptSourceError, match=r"cut short before its index \(moov\) was written.*untrunc.*MPEG-TS"):
+        list(open_source("cut", str(cut)).frames(threading.Event()))
