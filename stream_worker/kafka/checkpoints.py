@@ -21,12 +21,16 @@ from stream_worker.kafka.client import TopicReader
 from stream_worker.kafka.partition import PartitionState
 from stream_worker.kafka.publish import KafkaPublisher
 from stream_worker.kafka.wire import JSON_TYPE
-from stream_worker.messages.state import SHOT_MARK, detach_shots, is_shot_of
+from stream_worker.messages.state import (
+    CHECKPOINT_FORMAT,
+    SHOT_MARK,
+    PartitionCheckpoint,
+    StreamCheckpoint,
+    detach_shots,
+    is_shot_of,
+)
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "facestream.partition-checkpoint/1"
-
 
 class CheckpointStore:
     """Reads the latest checkpoint per partition (and the best shots) from the state topic,
@@ -74,23 +78,24 @@ class CheckpointStore:
 
     # --- writing --------------------------------------------------------------------------
 
-    def state(self, partition: PartitionState, offset: int, streams: Mapping[str, Any]) -> dict[str, Any]:
+    def state(self, partition: PartitionState, offset: int,
+              streams: Mapping[str, StreamCheckpoint | None]) -> PartitionCheckpoint:
         """A partition's checkpoint: its offset, its streams' pipeline state and numbering."""
-        return {
-            "format": CHECKPOINT_FORMAT, "topic": partition.tp.topic, "partition": partition.tp.partition,
-            "offset": offset, "worker": self.worker_id, "written_utc": utc_now(),
-            "streams": dict(streams),
-            "inputs": {sid: partition.streams[sid].to_json() for sid in sorted(streams) if sid in partition.streams},
-        }
+        return PartitionCheckpoint(
+            topic=partition.tp.topic, partition=partition.tp.partition, offset=offset, worker=self.worker_id,
+            written_utc=utc_now(), streams=dict(streams),
+            inputs={sid: partition.streams[sid].numbering() for sid in sorted(streams) if sid in partition.streams},
+        )
 
-    def write(self, checkpoints: Mapping[Any, tuple[PartitionState, dict[str, Any]]]) -> bool:
+    def write(self, checkpoints: Mapping[Any, tuple[PartitionState, PartitionCheckpoint]]) -> bool:
         """Write each partition's checkpoint after its new best shots are acknowledged, then
         tombstone the shots no checkpoint refers to any more; False if the broker did not
         acknowledge (the next owner then replays from the previous checkpoint, which stays
         exact)."""
         written: dict[Any, tuple[PartitionState, bytes | None, set[str]]] = {}
         new_shots = False
-        for tp, (partition, state) in checkpoints.items():
+        for tp, (partition, checkpoint) in checkpoints.items():
+            state = checkpoint.to_json()
             shots = detach_shots(state, self.key(tp))
             for key in sorted(shots.keys() - partition.shots):  # new best shots only
                 self.publisher.send(self.config.state_topic, key, shots[key], [("content-type", b"image/jpeg")])
@@ -122,7 +127,7 @@ class CheckpointStore:
 
 
 def fitting_checkpoint(state: dict[str, Any], max_bytes: int) -> bytes | None:
-    """A checkpoint as JSON (its best shots detached), or None when it exceeds ``max_bytes``
+    """A checkpoint's JSON form (its best shots detached) encoded, or None when it exceeds ``max_bytes``
     (not written: the next owner replays from the previous checkpoint, which stays exact,
     only longer)."""
     encoded = json.dumps(state).encode()

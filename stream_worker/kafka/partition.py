@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stream_worker.kafka.decode import StreamDecoder
+from stream_worker.messages.state import StreamNumbering
 
 
 @dataclass
@@ -24,8 +25,8 @@ class StreamInput:
     """Added to the producer's frame indices after it restarted its numbering."""
     last_capture_ms: int = -1
 
-    def to_json(self) -> dict[str, int]:
-        return {"index_offset": self.index_offset, "last_capture_ms": self.last_capture_ms}
+    def numbering(self) -> StreamNumbering:
+        return StreamNumbering(index_offset=self.index_offset, last_capture_ms=self.last_capture_ms)
 
 
 @dataclass

@@ -20,13 +20,12 @@ from gallery.store import utc_now
 from stream_worker.kafka.client import KafkaConfig, make_producer
 from stream_worker.kafka.wire import (
     Headers,
-    encode_json,
     result_headers,
     thumbnail_headers,
     thumbnail_key,
     thumbnail_reference,
 )
-from stream_worker.messages.results import RETRACTION_SCHEMA, TrackEvent
+from stream_worker.messages.results import FrameResult, Retraction, TrackEnded, TrackEvent, TrackIdentified
 from stream_worker.pipeline.face_pipeline import FrameOutput
 
 log = logging.getLogger(__name__)
@@ -56,8 +55,8 @@ class KafkaPublisher:
             self.too_large += 1
             log.error("a %d-byte message for %s (key %r) was not sent: %s", len(value or b""), topic, key, exc)
 
-    def publish(self, topic: str, message: dict[str, Any]) -> None:
-        self.send(topic, message["stream_id"], encode_json(message), result_headers(message))
+    def publish(self, topic: str, message: FrameResult | TrackEvent | Retraction) -> None:
+        self.send(topic, message.stream_id, message.encode(), result_headers(message))
 
     def _remember(self, identity_id: str, stream_id: str, event_id: str) -> None:
         ids = self.ledger.setdefault(identity_id, {}).setdefault(stream_id, collections.deque(maxlen=MAX_LEDGER_IDS))
@@ -66,29 +65,28 @@ class KafkaPublisher:
 
     def frame(self, output: FrameOutput) -> None:
         """A frame's result, the track events it caused and the best shots of the tracks it ended."""
-        result = output.result.to_json()
+        result = output.result
         self.publish(self.config.detections_topic, result)
-        for face in result["faces"]:
-            if face["identity"] is not None:
-                self._remember(face["identity"]["id"], result["stream_id"], result["event_id"])
+        for face in result.faces:
+            if face.identity is not None:
+                self._remember(face.identity.identity_id, result.stream_id, result.event_id)
         self.events(output.frame.stream_id, output.events, output.thumbnails)
 
     def events(self, stream_id: str, events: Sequence[TrackEvent], thumbnails: dict[int, bytes]) -> None:
         """Track events of one stream, each after the best shot (``thumbnails``: track id ->
         JPEG) it refers to on the thumbnails topic, if it does."""
         for event in events:
-            if event.type == "track_ended" and event.track_id in thumbnails:
+            if isinstance(event, TrackEnded) and event.track_id in thumbnails:
                 self._best_shot(stream_id, event, thumbnails[event.track_id])
-            message = event.to_json()
-            self.publish(self.config.tracks_topic, message)
+            self.publish(self.config.tracks_topic, event)
             if event.identity is not None:
-                self._remember(event.identity.identity_id, event.stream_id, message["event_id"])
-            if event.type == "track_identified" and event.identity is not None:
-                self.publish(self.config.alerts_topic, message)
+                self._remember(event.identity.identity_id, event.stream_id, event.event_id)
+            if isinstance(event, TrackIdentified):
+                self.publish(self.config.alerts_topic, event)
 
-    def _best_shot(self, stream_id: str, event: TrackEvent, jpeg: bytes) -> None:
+    def _best_shot(self, stream_id: str, event: TrackEnded, jpeg: bytes) -> None:
         topic = self.config.thumbnails_topic
-        reference = (event.summary or {}).get("best_shot", {}).get("thumbnail")
+        reference = event.summary.best_shot.thumbnail
         if topic and reference == thumbnail_reference(topic, stream_id, event.track_id):
             self.send(topic, thumbnail_key(stream_id, event.track_id), jpeg, thumbnail_headers(stream_id, event.track_id))
 
@@ -97,11 +95,9 @@ class KafkaPublisher:
         returns how many streams had some."""
         streams = self.ledger.pop(identity_id, {})
         for stream_id, event_ids in sorted(streams.items()):
-            message = {
-                "schema": RETRACTION_SCHEMA, "event_id": f"{stream_id}:retraction:{identity_id}:{publisher_id}",
-                "type": "identity_erased", "stream_id": stream_id, "identity_id": identity_id,
-                "retracted_event_ids": list(event_ids), "retracted_utc": utc_now(),
-            }
+            message = Retraction(event_id=f"{stream_id}:retraction:{identity_id}:{publisher_id}", stream_id=stream_id,
+                                 identity_id=identity_id, retracted_event_ids=tuple(event_ids),
+                                 retracted_utc=utc_now())
             for topic in (self.config.detections_topic, self.config.tracks_topic, self.config.alerts_topic):
                 self.publish(topic, message)
         return len(streams)

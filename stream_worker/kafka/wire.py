@@ -164,10 +164,12 @@ def parse_frame_message(key: bytes | None, headers: Sequence[tuple[str, bytes | 
     )
 
 
-def result_headers(message: dict[str, Any]) -> Headers:
+def result_headers(message: Any) -> Headers:
+    """The headers of a result message (a :class:`~stream_worker.messages.results.Message`
+    with ``schema_id``, ``event_id`` and ``stream_id``)."""
     return [
-        (CONTENT_TYPE, JSON_TYPE.encode()), (SCHEMA, str(message["schema"]).encode()),
-        (EVENT_ID, str(message["event_id"]).encode()), (STREAM_ID, str(message.get("stream_id", "")).encode()),
+        (CONTENT_TYPE, JSON_TYPE.encode()), (SCHEMA, message.schema_id.encode()),
+        (EVENT_ID, message.event_id.encode()), (STREAM_ID, message.stream_id.encode()),
     ]
 
 

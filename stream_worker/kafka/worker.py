@@ -56,7 +56,7 @@ from stream_worker.kafka.ingest import DeadLetters, Ingest, IngestStats, Pending
 from stream_worker.kafka.partition import PartitionState
 from stream_worker.kafka.publish import KafkaPublisher
 from stream_worker.local.sinks import Sink
-from stream_worker.messages.state import attach_shots, shot_refs
+from stream_worker.messages.state import PartitionCheckpoint, StreamCheckpoint, attach_shots, shot_refs
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.pipeline.face_pipeline import FacePipeline, FrameOutput
 
@@ -338,7 +338,7 @@ class KafkaWorker:
 
     # --- checkpoints ------------------------------------------------------------------------------
 
-    def checkpoint(self, partitions: Sequence[Any], *, states: dict[str, Any] | None = None,
+    def checkpoint(self, partitions: Sequence[Any], *, states: dict[str, StreamCheckpoint | None] | None = None,
                    in_listener: bool = False) -> bool:
         """Flush, commit and write the state of ``partitions`` (their streams' current
         state, or ``states`` where given); True when all three happened.
@@ -416,7 +416,7 @@ class KafkaWorker:
         self.stats.rebalances += 1
         if self.metrics is not None:
             self.metrics.rebalances.inc()
-        closed: dict[str, Any] = {}
+        closed: dict[str, StreamCheckpoint | None] = {}
         for partition in owned:
             for sid in sorted(partition.streams):
                 closed[sid] = self.pipeline.stream_checkpoint(sid, closed=True)
@@ -448,38 +448,39 @@ class KafkaWorker:
                 log.info("partition %d: no checkpoint; starting at the committed offset", tp.partition)
                 continue
             try:
-                offset = self._restore(partition, saved)
+                checkpoint = self._restore(partition, saved)
             except (ValueError, KeyError, TypeError) as exc:  # damaged, or written by an incompatible version
                 log.error("partition %d: the checkpoint cannot be restored (%s: %s); starting fresh at the committed "
-                          "offset (track ids may repeat)", tp.partition, type(exc).__name__, exc)
+                          "offset (track ids may repeat)", tp.partition, type(exc).__name__, str(exc)[:500])
                 for sid in partition.streams:
                     self.pipeline.drop_stream(sid)
                 partition.streams.clear()
                 continue
-            partition.position = offset
-            self.consumer.seek(tp, offset)
+            partition.position = checkpoint.offset
+            self.consumer.seek(tp, checkpoint.offset)
             log.info("partition %d: resumed at offset %d with %d streams (checkpoint by %s)", tp.partition,
-                     saved["offset"], len(saved["streams"]), saved["worker"])
+                     checkpoint.offset, len(checkpoint.streams), checkpoint.worker)
 
-    def _restore(self, partition: PartitionState, saved: dict[str, Any]) -> int:
-        """Restore a partition's streams from its checkpoint; returns the offset to resume at."""
-        assert self.checkpoints is not None and self.ingest is not None
+    def _restore(self, partition: PartitionState, saved: dict[str, Any]) -> PartitionCheckpoint:
+        """Restore a partition's streams from its checkpoint (checked against its model first:
+        a damaged one raises ``ValueError`` before anything is restored)."""
+        assert self.checkpoints is not None
         saved = copy.deepcopy(saved)  # (the store's copy keeps its references)
         refs = shot_refs(saved)
         missing = attach_shots(saved, self.checkpoints.shots)
+        checkpoint = PartitionCheckpoint.model_validate(saved)
         if missing:
             log.warning("partition %d: %d best shots of the checkpoint are missing from %s; those tracks go on "
                         "without a thumbnail", partition.tp.partition, len(missing), self.config.state_topic)
         self.checkpoints.tombstone(partition, partition.shots - refs)  # left by a crash after the checkpoint
-        offset = int(saved["offset"])
-        for sid, state in saved["streams"].items():
+        for sid, state in checkpoint.streams.items():
             partition.stream(sid, max_pixels=self.options.max_pixels)
             if state is not None:
                 self.pipeline.restore_stream(sid, state)
-        for sid, numbering in saved.get("inputs", {}).items():
+        for sid, numbering in checkpoint.inputs.items():
             source = partition.stream(sid, max_pixels=self.options.max_pixels)
-            source.index_offset, source.last_capture_ms = int(numbering["index_offset"]), int(numbering["last_capture_ms"])
-        return offset
+            source.index_offset, source.last_capture_ms = numbering.index_offset, numbering.last_capture_ms
+        return checkpoint
 
     # --- gallery erasure --------------------------------------------------------------------------
 

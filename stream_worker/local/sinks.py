@@ -7,7 +7,6 @@ the end of a stream's tracks through :meth:`write_events`.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -45,14 +44,12 @@ class JsonLinesSink:
         self._out: TextIO = path.open("w") if path is not None else sys.stdout
 
     def write(self, output: FrameOutput) -> None:
-        self._out.write(json.dumps(output.result.to_json()) + "\n")
-        for event in output.events:
-            self._out.write(json.dumps(event.to_json()) + "\n")
-        self._out.flush()
+        self._out.write(output.result.model_dump_json(by_alias=True) + "\n")
+        self.write_events(output.frame.stream_id, output.events, output.thumbnails)
 
     def write_events(self, stream_id: str, events: Sequence[TrackEvent], thumbnails: dict[int, bytes]) -> None:
         for event in events:
-            self._out.write(json.dumps(event.to_json()) + "\n")
+            self._out.write(event.model_dump_json(by_alias=True) + "\n")
         self._out.flush()
 
     def close(self) -> None:
@@ -97,13 +94,12 @@ def annotate(image: np.ndarray, output: FrameOutput) -> np.ndarray:
     """The frame with each face's box, track id, name (or 'unknown'), age and gender drawn."""
     canvas = image.copy()
     for face in output.result.faces:
-        x1, y1, x2, y2 = (int(round(v)) for v in face["box"])
-        colour = _colour(face["track_id"])
+        x1, y1, x2, y2 = (int(round(v)) for v in face.box)
+        colour = _colour(face.track_id)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, 2)
-        identity = face["identity"]
-        who = identity["name"] if identity else "unknown"
-        track = f"#{face['track_id']} " if face["track_id"] is not None else ""
-        label = f"{track}{who}, {face['gender'][0].upper()} {face['age']:.0f}"
+        who = face.identity.name if face.identity is not None else "unknown"
+        track = f"#{face.track_id} " if face.track_id is not None else ""
+        label = f"{track}{who}, {face.gender[0].upper()} {face.age:.0f}"
         (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
         top = max(y1 - th - 6, 0)
         left = max(0, min(x1, canvas.shape[1] - tw - 4))  # keep the label inside the frame

@@ -178,7 +178,7 @@ class VideoSource:
                 continue
             if lost_since is not None:
                 seconds = time.monotonic() - lost_since
-                gap = StreamGap(int(round(seconds * fps)), seconds)
+                gap = StreamGap(frames_lost=int(round(seconds * fps)), seconds=seconds)
                 index += gap.frames_lost
                 log.warning("%s: reconnected after %.1f s (about %d frames lost)", self.stream_id, seconds, gap.frames_lost)
             wait_ms, lost_since = self.reconnect_min_ms, None

@@ -109,9 +109,10 @@ class StreamRunner:
             frame = self.queue.popleft()
             self.lock.notify_all()
             if self.dropped_since:
-                gap = StreamGap(self.dropped_since, 0.0)
+                gap = StreamGap(frames_lost=self.dropped_since, seconds=0.0)
                 frame = dataclasses.replace(frame, gap=gap if frame.gap is None else
-                                            StreamGap(frame.gap.frames_lost + gap.frames_lost, frame.gap.seconds))
+                                            StreamGap(frames_lost=frame.gap.frames_lost + gap.frames_lost,
+                                                      seconds=frame.gap.seconds))
                 self.dropped_since = 0
             return frame
 

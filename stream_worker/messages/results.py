@@ -1,27 +1,52 @@
 """The worker's output messages: typed, versioned, with deterministic event ids.
 
-- :class:`FrameResult` (topic ``faces.detections``): every processed frame, with its faces.
-- :class:`TrackEvent` (topic ``faces.tracks``): ``track_started``, ``track_identified``
-  (first identification and every change) and ``track_ended`` (with a summary).
+- :class:`FrameResult` (topic ``faces.detections``): every processed frame, with one
+  :class:`FaceRecord` per face.
+- Track events (topic ``faces.tracks``): :class:`TrackStarted`, :class:`TrackIdentified`
+  (first identification and every change) and :class:`TrackEnded` (with a
+  :class:`TrackSummary`); :data:`TrackEvent` is their union, told apart by ``type``.
+- :class:`Retraction`: an erased identity's event ids on one stream.
 
 Event ids are built from the stream, frame index and track id only, so reprocessing the
-same input gives the same ids and consumers can drop duplicates after a crash. JSON
-Schema files for both live in ``stream_worker/messages/schemas/``; :func:`schema_for` loads them.
+same input gives the same ids and consumers can drop duplicates after a crash. The JSON
+Schema files in ``schemas/`` are generated from these models
+(``python -m stream_worker.messages.schemas``); a test fails when they differ.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FRAME_SCHEMA = "facestream.frame/1"
 TRACK_SCHEMA = "facestream.track/1"
 RETRACTION_SCHEMA = "facestream.retraction/1"
 """An erased identity: the event ids, on one stream, of messages that carried it."""
 SCHEMA_DIR = Path(__file__).with_name("schemas")
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+class Message(BaseModel):
+    """Base of every message: frozen, no unknown keys, finite numbers; JSON by alias."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False,
+                              json_schema_serialization_defaults_required=True, use_attribute_docstrings=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def encode(self) -> bytes:
+        """Compact JSON, as published."""
+        return self.model_dump_json(by_alias=True).encode()
 
 
 @cache
@@ -31,96 +56,241 @@ def schema_for(schema_id: str) -> dict[str, Any]:
     return dict(json.loads((SCHEMA_DIR / name).read_text()))
 
 
-@dataclass(frozen=True)
-class IdentityRef:
-    identity_id: str
+# --- parts ----------------------------------------------------------------------------------
+
+
+class IdentityRef(Message):
+    """An identity decision."""
+
+    identity_id: str = Field(alias="id")
     name: str
     score: float
-    decision: str
+    """Cosine similarity with the identity's best template (4 decimals)."""
+    decision: Literal["match", "unknown"]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.identity_id, "name": self.name, "score": round(self.score, 4), "decision": self.decision}
-
-
-@dataclass(frozen=True)
-class StreamGap:
-    """Frames a live source lost (a dropped connection, frames dropped to keep up)."""
-
-    frames_lost: int
-    seconds: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"frames_lost": self.frames_lost, "seconds": round(self.seconds, 3)}
+    _score = field_validator("score")(lambda v: round(v, 4))
 
 
-@dataclass(frozen=True)
-class FrameResult:
-    stream_id: str
-    frame_index: int
+class StreamGap(Message):
+    """Frames a live source lost just before this frame (a dropped connection, frames
+    dropped to keep up)."""
+
+    frames_lost: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+
+    _seconds = field_validator("seconds")(lambda v: round(v, 3))
+
+
+class Pose(Message):
+    """Head pose in degrees (null when the landmarks are degenerate)."""
+
+    yaw: float | None
+    pitch: float | None
+    roll: float | None
+
+
+class FaceTraits(Message):
+    """A face's age, gender, pose and quality: the track's smoothed estimate when the face
+    belongs to a track, the frame's own otherwise."""
+
+    age: float = Field(ge=0)
+    age_std: float = Field(ge=0)
+    gender: Literal["female", "male"]
+    gender_score: float = Field(ge=0, le=1)
+    pose: Pose
+    quality: float = Field(ge=0, le=1)
+
+    @classmethod
+    def estimate(cls, age: float, age_std: float, male: float, pose: np.ndarray, quality: float) -> FaceTraits:
+        yaw, pitch, roll = (None if math.isnan(v) else round(float(v), 1) for v in pose)
+        return cls(age=round(age, 1), age_std=round(age_std, 1), gender="male" if male > 0.5 else "female",
+                   gender_score=round(max(male, 1.0 - male), 4), pose=Pose(yaw=yaw, pitch=pitch, roll=roll),
+                   quality=round(quality, 3))
+
+
+Point = tuple[float, float]
+
+
+class FaceRecord(Message):
+    """One face of a frame."""
+
+    box: tuple[float, float, float, float]
+    """x1, y1, x2, y2 in pixels of the frame (x2, y2 exclusive)."""
+    score: float = Field(ge=0, le=1)
+    landmarks: tuple[Point, Point, Point, Point, Point]
+    """Left eye, right eye, nose, left and right mouth corner ("left": the image's left)."""
+    track_id: int | None
+    """Null until the track is confirmed."""
+    quality: float = Field(ge=0, le=1)
+    pose: Pose
+    age: float = Field(ge=0)
+    age_std: float = Field(ge=0)
+    gender: Literal["female", "male"]
+    gender_score: float = Field(ge=0, le=1)
+    identity: IdentityRef | None
+    """The track's identity decision, when the face belongs to an identified track."""
+
+
+# --- frames ---------------------------------------------------------------------------------
+
+
+class FrameResult(Message):
+    """Every processed frame of a stream, with the faces found on it."""
+
+    schema_id: Literal["facestream.frame/1"] = Field(FRAME_SCHEMA, alias="schema")
+    event_id: str
+    """stream_id:frame_index; deterministic, for de-duplication."""
+    stream_id: str = Field(min_length=1)
+    frame_index: int = Field(ge=0)
+    """Index of the frame in its stream, from 0."""
     pts_ms: float | None
-    received_utc: str
-    width: int
-    height: int
-    faces: tuple[dict[str, Any], ...]
-    """Per face: box, score, landmarks, track_id, quality, pose, age, age_std, gender,
-    gender_score, identity (or null)."""
-    gap: StreamGap | None = None
+    """Presentation time in the stream, milliseconds."""
+    received_utc: str = Field(json_schema_extra={"format": "date-time"})
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    faces: tuple[FaceRecord, ...]
+    gap: StreamGap | None = Field(None, exclude_if=_is_none)
 
-    @property
-    def event_id(self) -> str:
-        return f"{self.stream_id}:{self.frame_index}"
+    @model_validator(mode="before")
+    @classmethod
+    def _event_id(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "event_id" not in values:
+            values = {**values, "event_id": f"{values.get('stream_id')}:{values.get('frame_index')}"}
+        return values
 
-    def to_json(self) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "schema": FRAME_SCHEMA,
-            "event_id": self.event_id,
-            "stream_id": self.stream_id,
-            "frame_index": self.frame_index,
-            "pts_ms": None if self.pts_ms is None else round(self.pts_ms, 3),
-            "received_utc": self.received_utc,
-            "width": self.width,
-            "height": self.height,
-            "faces": list(self.faces),
-        }
-        if self.gap is not None:
-            record["gap"] = self.gap.to_json()
-        return record
+    _pts = field_validator("pts_ms")(lambda v: None if v is None else round(v, 3))
 
 
-@dataclass(frozen=True)
-class TrackEvent:
-    type: str
-    """``track_started``, ``track_identified`` or ``track_ended``."""
-    stream_id: str
-    track_id: int
-    frame_index: int
+# --- tracks ---------------------------------------------------------------------------------
+
+
+class BestShotRef(Message):
+    frame_index: int = Field(ge=0)
+    box: tuple[float, float, float, float]
+    quality: float
+    thumbnail: str | None
+    """Where the best-shot JPEG is, if it was kept: a file path (--thumbnails) or
+    kafka:<thumbnails topic>/<stream id>:track:<track id>."""
+
+
+class Vote(Message):
+    identity_id: str = Field(alias="id")
+    name: str
+    weight: float
+    searches: int = Field(ge=1)
+
+
+class AgeEstimate(Message):
+    value: float
+    spread: float
+
+
+class GenderEstimate(Message):
+    value: Literal["female", "male"]
+    male_probability: float = Field(ge=0, le=1)
+
+
+class TrackSummary(Message):
+    first_frame: int = Field(ge=0)
+    last_frame: int = Field(ge=0)
+    first_pts_ms: float | None
+    last_pts_ms: float | None
+    frames: int = Field(ge=1)
+    """Frames on which the face was seen."""
+    best_shot: BestShotRef
+    identity: IdentityRef | None
+    votes: tuple[Vote, ...]
+    age: AgeEstimate
+    gender: GenderEstimate
+    embedding: tuple[float, ...]
+    """The best shot's L2-normalised identity embedding."""
+
+
+class _TrackEventBase(Message):
+    schema_id: Literal["facestream.track/1"] = Field(TRACK_SCHEMA, alias="schema")
+    event_id: str
+    """Deterministic: stream:track:id:started | identified:frame | ended."""
+    stream_id: str = Field(min_length=1)
+    track_id: int = Field(ge=1)
+    frame_index: int = Field(ge=0)
     pts_ms: float | None
-    identity: IdentityRef | None = None
-    previous_identity: IdentityRef | None = None
-    summary: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    identity: IdentityRef | None = Field(None, exclude_if=_is_none)
 
-    @property
-    def event_id(self) -> str:
-        base = f"{self.stream_id}:track:{self.track_id}"
-        if self.type == "track_identified":
-            return f"{base}:identified:{self.frame_index}"
-        return f"{base}:{self.type.removeprefix('track_')}"
+    @model_validator(mode="before")
+    @classmethod
+    def _event_id(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "event_id" not in values:
+            base = f"{values.get('stream_id')}:track:{values.get('track_id')}"
+            kind = values.get("type", cls.model_fields["type"].default)
+            suffix = f"identified:{values.get('frame_index')}" if kind == "track_identified" else \
+                str(kind).removeprefix("track_")
+            values = {**values, "event_id": f"{base}:{suffix}"}
+        return values
 
-    def to_json(self) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "schema": TRACK_SCHEMA,
-            "event_id": self.event_id,
-            "type": self.type,
-            "stream_id": self.stream_id,
-            "track_id": self.track_id,
-            "frame_index": self.frame_index,
-            "pts_ms": None if self.pts_ms is None else round(self.pts_ms, 3),
-        }
-        if self.identity is not None:
-            record["identity"] = self.identity.to_json()
-        if self.type == "track_identified":
-            record["previous_identity"] = None if self.previous_identity is None else self.previous_identity.to_json()
-        if self.summary is not None:
-            record["summary"] = self.summary
-        return record
+    _pts = field_validator("pts_ms")(lambda v: None if v is None else round(v, 3))
+
+
+class TrackStarted(_TrackEventBase):
+    """A track was confirmed (after ``tracker.min_hits`` matches)."""
+
+    type: Literal["track_started"] = "track_started"
+
+
+class TrackIdentified(_TrackEventBase):
+    """A track was identified, or changed identity (the votes turned)."""
+
+    type: Literal["track_identified"] = "track_identified"
+    identity: IdentityRef
+    previous_identity: IdentityRef | None
+
+
+class TrackEnded(_TrackEventBase):
+    """A track ended (missed too long, the stream ended, its partition moved)."""
+
+    type: Literal["track_ended"] = "track_ended"
+    summary: TrackSummary
+
+
+TrackEvent = Annotated[TrackStarted | TrackIdentified | TrackEnded, Field(discriminator="type")]
+"""A face track appeared, was identified (or changed identity), or ended."""
+
+
+class Retraction(Message):
+    """An identity was erased: the event ids, on one stream, of messages that carried it."""
+
+    schema_id: Literal["facestream.retraction/1"] = Field(RETRACTION_SCHEMA, alias="schema")
+    event_id: str
+    type: Literal["identity_erased"] = "identity_erased"
+    stream_id: str = Field(min_length=1)
+    identity_id: str
+    retracted_event_ids: tuple[str, ...]
+    """Frame and track event ids on this stream that carried the identity."""
+    retracted_utc: str = Field(json_schema_extra={"format": "date-time"})
+
+
+FRAME_INPUT_SCHEMA = "facestream.frame-input/1"
+_VIDEO_TYPES = ["video/h264", "video/h265", "video/mp2t"]
+
+
+class FrameInputHeaders(Message):
+    """Headers of a message on the frames topic, as a JSON object of header name to UTF-8
+    value. The message key is the stream id; the value is the payload named by content-type:
+    one JPEG or PNG image, an H.264/H.265 Annex B chunk that starts with a keyframe (a closed
+    group of pictures), or an MPEG-TS segment."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "allOf": [{"if": {"properties": {"content-type": {"enum": _VIDEO_TYPES}}}, "then": {"required": ["fs-fps"]}}],
+    })
+
+    content_type: Literal["image/jpeg", "image/png", "video/h264", "video/h265", "video/mp2t"] = Field(
+        alias="content-type")
+    stream_id: str = Field(alias="fs-stream-id", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    """Camera/stream id; equals the message key."""
+    frame_index: str = Field(alias="fs-frame-index", pattern=r"^[0-9]+$")
+    """Index of the (first) frame in its stream, from 0."""
+    capture_ms: str = Field(alias="fs-capture-ms", pattern=r"^[0-9]+$")
+    """Capture time, milliseconds since the Unix epoch."""
+    pts_ms: str | None = Field(None, alias="fs-pts-ms", pattern=r"^[0-9]+(\.[0-9]+)?$", exclude_if=_is_none)
+    """Presentation time of the (first) frame, ms."""
+    fps: str | None = Field(None, alias="fs-fps", pattern=r"^[0-9]+(\.[0-9]+)?$", exclude_if=_is_none)
+    """Video chunks: frame rate, timing the chunk's later frames."""

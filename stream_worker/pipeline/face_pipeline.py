@@ -28,7 +28,6 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import cv2
 import numpy as np
@@ -37,15 +36,22 @@ from engines.detections import FaceDetections
 from engines.mtcnn.detector import MTCNNDetector
 from engines.multitask.attributes import (
     FaceAttributes,
-    attribute_record,
     head_pose,
     quality_score,
 )
 from engines.multitask.network import MultiTaskNet
 from gallery.gallery import Gallery
 from stream_worker.config import PipelineConfig
-from stream_worker.messages.results import FrameResult, TrackEvent
-from stream_worker.messages.state import STATE_FORMAT
+from stream_worker.messages.results import (
+    FaceRecord,
+    FaceTraits,
+    FrameResult,
+    TrackEnded,
+    TrackEvent,
+    TrackIdentified,
+    TrackStarted,
+)
+from stream_worker.messages.state import StreamCheckpoint
 from stream_worker.pipeline.frames import Frame
 from stream_worker.pipeline.schedule import SceneCut
 from stream_worker.pipeline.track_state import TrackState
@@ -63,17 +69,28 @@ class StageTimes:
     faces: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class FrameOutput:
+    """What one frame gave: its message, the track events it caused, and what sinks need."""
+
     frame: Frame
     result: FrameResult
-    events: list[TrackEvent]
+    events: tuple[TrackEvent, ...]
     thumbnails: dict[int, bytes]
     """Best-shot JPEGs of the tracks that ended on this frame, by track id."""
     detections: FaceDetections
+
+
+@dataclass
+class _Step:
+    """One frame's work in progress within a step (events accumulate until the step ends)."""
+
+    frame: Frame
+    detections: FaceDetections
     track_ids: list[int | None]
-    attributes: list[dict[str, object]]
-    """Per face: age, age_std, gender, gender_score, pose, quality."""
+    traits: list[FaceTraits]
+    events: list[TrackEvent] = field(default_factory=list)
+    thumbnails: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -195,17 +212,17 @@ class FacePipeline:
             if is_full[k]:
                 embeddings = analysed[k].embeddings if len(detections[k]) else None
                 updates[k] = self._stream(frame.stream_id).tracker.update(frame.index, detections[k].boxes, embeddings)
-        outputs = [
+        steps = [
             self._record(frame, detections[k], updates[k], rows[k], analysed[k]) for k, frame in enumerate(frames)
         ]
         times["track"] += time.perf_counter() - started
 
         started = time.perf_counter()
-        self._identify(frames, outputs)
+        self._identify(steps)
         times["identify"] += time.perf_counter() - started
 
-        for output in outputs:
-            output.result = self._frame_result(output)
+        outputs = [FrameOutput(s.frame, self._frame_result(s), tuple(s.events), s.thumbnails, s.detections)
+                   for s in steps]
         self.times.frames += len(frames)
         self.times.faces += sum(len(d) for d in detections)
         return outputs
@@ -222,17 +239,18 @@ class FacePipeline:
 
     def _record(
         self, frame: Frame, faces: FaceDetections, update: TrackUpdate, rows: list[int], analysed: FaceAttributes
-    ) -> FrameOutput:
-        """Track events, track states and per-face attributes of one frame."""
+    ) -> _Step:
+        """Track events, track states and per-face traits of one frame."""
         state = self._stream(frame.stream_id)
         state.last_frame = frame.index
-        events = []
+        events: list[TrackEvent] = []
         for track_id in update.started:
             state.tracks[track_id] = TrackState(frame.stream_id, track_id, frame.index, frame.pts_ms, self.config.identify)
-            events.append(TrackEvent("track_started", frame.stream_id, track_id, frame.index, frame.pts_ms))
+            events.append(TrackStarted(stream_id=frame.stream_id, track_id=track_id, frame_index=frame.index,
+                                       pts_ms=frame.pts_ms))
         fresh = {face: j for j, face in enumerate(rows)}
         poses = head_pose(faces.landmarks, faces.image_width, faces.image_height) if len(faces) else np.zeros((0, 3))
-        attributes: list[dict[str, object]] = []
+        traits: list[FaceTraits] = []
         for i, track_id in enumerate(update.track_ids):
             track = state.tracks.get(track_id) if track_id is not None else None
             j = fresh.get(i)
@@ -245,20 +263,19 @@ class FacePipeline:
                     track.best.jpeg = self._thumbnail(frame.image, faces.boxes[i])
             elif track is not None:
                 track.seen(frame.index, frame.pts_ms)
-            attributes.append(self._attributes(faces, i, poses[i], track, analysed, j))
+            traits.append(self._traits(faces, i, poses[i], track, analysed, j))
         thumbnails = {}
         for track_id in update.ended:
             event, jpeg = self._end_track(state, frame.stream_id, track_id)
             events.append(event)
             if jpeg is not None:
                 thumbnails[track_id] = jpeg
-        empty = FrameResult(frame.stream_id, frame.index, frame.pts_ms, frame.received_utc, 1, 1, ())
-        return FrameOutput(frame, empty, events, thumbnails, faces, update.track_ids, attributes)
+        return _Step(frame, faces, update.track_ids, traits, events, thumbnails)
 
     @staticmethod
-    def _attributes(
+    def _traits(
         faces: FaceDetections, i: int, pose: np.ndarray, track: TrackState | None, analysed: FaceAttributes, j: int | None
-    ) -> dict[str, object]:
+    ) -> FaceTraits:
         """A face's attributes: the track's smoothed age and gender when it has a track, the
         frame's own estimate otherwise; pose and quality of this frame."""
         side = np.array([max(faces.boxes[i, 2] - faces.boxes[i, 0], faces.boxes[i, 3] - faces.boxes[i, 1])])
@@ -269,48 +286,45 @@ class FacePipeline:
         quality = float(quality_score(side, np.array([sharpness]), pose[None], faces.scores[i : i + 1])[0])
         if track is not None and track.frames_analysed:
             age, spread = track.age
-            return attribute_record(age, spread, track.male_probability, pose, quality)
+            return FaceTraits.estimate(age, spread, track.male_probability, pose, quality)
         if j is None:  # cannot happen: faces without a track are always analysed
             raise ValueError("a face without a track was not analysed")
-        return attribute_record(float(analysed.ages[j]), float(analysed.age_stds[j]), float(analysed.male_probs[j]),
-                                pose, quality)
+        return FaceTraits.estimate(float(analysed.ages[j]), float(analysed.age_stds[j]),
+                                   float(analysed.male_probs[j]), pose, quality)
 
-    def _identify(self, frames: Sequence[Frame], outputs: list[FrameOutput]) -> None:
+    def _identify(self, steps: list[_Step]) -> None:
         if self.gallery is None:
             return
         wanting = [
-            (output, track, track.best)
-            for output in outputs
-            for track in self._stream(output.frame.stream_id).tracks.values()
-            if track.last_frame == output.frame.index and track.wants_search() and track.best is not None
+            (step, track, track.best)
+            for step in steps
+            for track in self._stream(step.frame.stream_id).tracks.values()
+            if track.last_frame == step.frame.index and track.wants_search() and track.best is not None
         ]
         if not wanting:
             return
         results = self.gallery.search(np.stack([best.embedding for _, _, best in wanting]), k=1)
-        for (output, track, best), matches in zip(wanting, results):
+        for (step, track, best), matches in zip(wanting, results):
             previous = track.identity
             changed = track.add_search(matches[0] if matches else None, best.quality)
             if changed is not None:
-                frame = output.frame
-                output.events.append(TrackEvent(
-                    "track_identified", frame.stream_id, track.track_id, frame.index, frame.pts_ms,
+                frame = step.frame
+                step.events.append(TrackIdentified(
+                    stream_id=frame.stream_id, track_id=track.track_id, frame_index=frame.index, pts_ms=frame.pts_ms,
                     identity=changed, previous_identity=previous,
                 ))
 
-    def _frame_result(self, output: FrameOutput) -> FrameResult:
-        frame, faces = output.frame, output.detections
+    def _frame_result(self, step: _Step) -> FrameResult:
+        frame, faces = step.frame, step.detections
         tracks = self._stream(frame.stream_id).tracks
         records = []
-        for i, face in enumerate(faces.to_json()):
-            track_id = output.track_ids[i]
+        for i, (found, track_id, traits) in enumerate(zip(faces.to_json(), step.track_ids, step.traits)):
             identity = tracks[track_id].identity if track_id is not None and track_id in tracks else None
-            face.update(output.attributes[i])
-            face["track_id"] = track_id
-            face["identity"] = None if identity is None else identity.to_json()
-            records.append(face)
+            records.append(FaceRecord(**found, track_id=track_id, identity=identity, **traits.model_dump()))
         height, width = frame.image.shape[:2]
-        return FrameResult(frame.stream_id, frame.index, frame.pts_ms, frame.received_utc, width, height,
-                           tuple(records), frame.gap)
+        return FrameResult(stream_id=frame.stream_id, frame_index=frame.index, pts_ms=frame.pts_ms,
+                           received_utc=frame.received_utc, width=width, height=height, faces=tuple(records),
+                           gap=frame.gap)
 
     # --- tracks ---------------------------------------------------------------------------
 
@@ -329,44 +343,41 @@ class FacePipeline:
         track = state.tracks.pop(track_id)  # per-track state is evicted when the track ends
         jpeg = track.best.jpeg if track.best is not None else None
         reference = self.thumbnail_ref(stream_id, track_id) if jpeg else None
-        event = TrackEvent(
-            "track_ended", stream_id, track_id, track.last_frame, track.last_pts_ms,
-            identity=track.identity, summary=track.summary(reference),
-        )
+        event = TrackEnded(stream_id=stream_id, track_id=track_id, frame_index=track.last_frame,
+                           pts_ms=track.last_pts_ms, identity=track.identity, summary=track.summary(reference))
         return event, jpeg
 
     # --- checkpoints (Kafka: a partition's streams move between workers) ---------------------
 
-    def stream_checkpoint(self, stream_id: str, *, closed: bool = False) -> dict[str, Any] | None:
+    def stream_checkpoint(self, stream_id: str, *, closed: bool = False) -> StreamCheckpoint | None:
         """A stream's whole state (``closed``: only what a fresh start after
         :meth:`end_stream` must keep: the next track id and the last frame), or None for a
         stream this pipeline has not seen."""
         state = self.streams.get(stream_id)
         if state is None:
             return None
-        record: dict[str, Any] = {"format": STATE_FORMAT, "last_frame": state.last_frame,
-                                  "next_track_id": state.tracker.next_id, "closed": closed}
-        if not closed:
-            record |= {
-                "last_full_detection": state.last_full_detection, "tracker": state.tracker.to_state(),
-                "scene": state.scene.to_state(), "tracks": [t.to_state() for t in state.tracks.values()],
-            }
-        return record
+        if closed:
+            return StreamCheckpoint(last_frame=state.last_frame, next_track_id=state.tracker.next_id, closed=True)
+        return StreamCheckpoint(
+            last_frame=state.last_frame, next_track_id=state.tracker.next_id, closed=False,
+            last_full_detection=state.last_full_detection, tracker=state.tracker.to_state(),
+            scene=state.scene.to_state(), tracks=tuple(t.to_state() for t in state.tracks.values()),
+        )
 
-    def restore_stream(self, stream_id: str, record: dict[str, Any]) -> None:
+    def restore_stream(self, stream_id: str, record: StreamCheckpoint) -> None:
         """Continue a stream from :meth:`stream_checkpoint`'s output."""
-        if record.get("format") != STATE_FORMAT:
-            raise ValueError(f"stream {stream_id}: checkpoint format {record.get('format')!r}, expected {STATE_FORMAT}")
         self.streams.pop(stream_id, None)
         state = self._stream(stream_id)
-        state.last_frame = int(record["last_frame"])
-        if record["closed"]:
-            state.tracker.continue_ids_from(int(record["next_track_id"]))
+        state.last_frame = record.last_frame
+        if record.closed:
+            state.tracker.continue_ids_from(record.next_track_id)
             return
-        state.last_full_detection = record["last_full_detection"]
-        state.tracker.restore(record["tracker"])
-        state.scene.restore(record["scene"])
-        for t in record["tracks"]:
+        if record.tracker is None or record.scene is None:
+            raise ValueError(f"stream {stream_id}: an open checkpoint without tracker or scene state")
+        state.last_full_detection = record.last_full_detection
+        state.tracker.restore(record.tracker)
+        state.scene.restore(record.scene)
+        for t in record.tracks:
             track = TrackState.from_state(t, self.config.identify)
             state.tracks[track.track_id] = track
 

@@ -7,12 +7,10 @@ position alone.
 
 from __future__ import annotations
 
-from typing import Any
-
 import cv2
 import numpy as np
 
-from stream_worker.messages.state import pack_array, unpack_array
+from stream_worker.messages.state import SceneState, pack_array, unpack_array
 
 
 class SceneCut:
@@ -30,8 +28,8 @@ class SceneCut:
             return True
         return bool(self.threshold > 0 and np.abs(self._previous - previous).mean() > self.threshold)
 
-    def to_state(self) -> dict[str, Any]:
-        return {"previous": pack_array(self._previous)}
+    def to_state(self) -> SceneState:
+        return SceneState(previous=pack_array(self._previous))
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self._previous = unpack_array(state["previous"])
+    def restore(self, state: SceneState) -> None:
+        self._previous = unpack_array(state.previous)

@@ -14,14 +14,27 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from gallery.gallery import Match
 from stream_worker.config import IdentifyConfig
-from stream_worker.messages.results import IdentityRef
-from stream_worker.messages.state import pack_array, pack_bytes, unpack_array, unpack_bytes
+from stream_worker.messages.results import (
+    AgeEstimate,
+    BestShotRef,
+    GenderEstimate,
+    IdentityRef,
+    TrackSummary,
+    Vote,
+)
+from stream_worker.messages.state import (
+    BestShotState,
+    PackedArray,
+    TrackRecord,
+    VoteState,
+    pack_bytes,
+    unpack_bytes,
+)
 
 
 @dataclass
@@ -121,7 +134,7 @@ class TrackState:
             if self._votes[leader_id].weight < self.config.switch_ratio * current:
                 leader_id = self.identity.identity_id
         leader = self._votes[leader_id]
-        decided = IdentityRef(leader_id, leader.name, leader.best_score, "match")
+        decided = IdentityRef(identity_id=leader_id, name=leader.name, score=leader.best_score, decision="match")
         changed = self.identity is None or self.identity.identity_id != leader_id
         self.identity = decided
         return decided if changed else None
@@ -149,64 +162,51 @@ class TrackState:
         self.searched_quality = -1.0  # search again: the next decision may name someone else
         return True
 
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self) -> TrackRecord:
         best = self.best
-        return {
-            "stream_id": self.stream_id, "track_id": self.track_id, "first_frame": self.first_frame,
-            "first_pts_ms": self.first_pts_ms, "last_frame": self.last_frame, "last_pts_ms": self.last_pts_ms,
-            "frames": self.frames, "last_analysed_frame": self.last_analysed_frame, "sharpness": self.sharpness,
-            "searched_quality": self.searched_quality,
-            "identity": None if self.identity is None else [self.identity.identity_id, self.identity.name,
-                                                            self.identity.score, self.identity.decision],
-            "best": None if best is None else {
-                "frame_index": best.frame_index, "box": list(best.box), "quality": best.quality,
-                "embedding": pack_array(best.embedding), "jpeg": pack_bytes(best.jpeg),
-            },
-            "votes": {k: [v.name, v.weight, v.searches, v.best_score] for k, v in self._votes.items()},
-            "ages": [list(a) for a in self._ages], "male_weighted": self._male_weighted, "weight": self._weight,
-        }
+        return TrackRecord(
+            stream_id=self.stream_id, track_id=self.track_id, first_frame=self.first_frame,
+            first_pts_ms=self.first_pts_ms, last_frame=self.last_frame, last_pts_ms=self.last_pts_ms,
+            frames=self.frames, last_analysed_frame=self.last_analysed_frame, sharpness=self.sharpness,
+            searched_quality=self.searched_quality, identity=self.identity,
+            best=None if best is None else BestShotState(
+                frame_index=best.frame_index, box=best.box, quality=best.quality,
+                embedding=PackedArray.pack(best.embedding), jpeg=pack_bytes(best.jpeg)),
+            votes={k: VoteState(name=v.name, weight=v.weight, searches=v.searches, best_score=v.best_score)
+                   for k, v in self._votes.items()},
+            ages=tuple(self._ages), male_weighted=self._male_weighted, weight=self._weight,
+        )
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], config: IdentifyConfig) -> TrackState:
-        track = cls(state["stream_id"], int(state["track_id"]), int(state["first_frame"]), state["first_pts_ms"], config,
-                    last_frame=int(state["last_frame"]), last_pts_ms=state["last_pts_ms"], frames=int(state["frames"]),
-                    last_analysed_frame=int(state["last_analysed_frame"]), sharpness=float(state["sharpness"]),
-                    searched_quality=float(state["searched_quality"]))
-        if state["identity"] is not None:
-            identity_id, name, score, decision = state["identity"]
-            track.identity = IdentityRef(identity_id, name, float(score), decision)
-        best = state["best"]
-        if best is not None:
-            embedding = unpack_array(best["embedding"])
-            assert embedding is not None
-            track.best = BestShot(int(best["frame_index"]), tuple(best["box"]), float(best["quality"]),  # type: ignore[arg-type]
-                                  embedding, unpack_bytes(best["jpeg"]))
-        track._votes = {k: _Vote(v[0], float(v[1]), int(v[2]), float(v[3])) for k, v in state["votes"].items()}
-        track._ages = deque((float(a), float(w)) for a, w in state["ages"])
-        track._male_weighted, track._weight = float(state["male_weighted"]), float(state["weight"])
+    def from_state(cls, state: TrackRecord, config: IdentifyConfig) -> TrackState:
+        track = cls(state.stream_id, state.track_id, state.first_frame, state.first_pts_ms, config,
+                    last_frame=state.last_frame, last_pts_ms=state.last_pts_ms, frames=state.frames,
+                    last_analysed_frame=state.last_analysed_frame, sharpness=state.sharpness,
+                    searched_quality=state.searched_quality, identity=state.identity)
+        if state.best is not None:
+            best = state.best
+            track.best = BestShot(best.frame_index, best.box, best.quality, best.embedding.unpack(),
+                                  unpack_bytes(best.jpeg))
+        track._votes = {k: _Vote(v.name, v.weight, v.searches, v.best_score) for k, v in state.votes.items()}
+        track._ages = deque(state.ages)
+        track._male_weighted, track._weight = state.male_weighted, state.weight
         return track
 
-    def summary(self, thumbnail: str | None) -> dict[str, Any]:
+    def summary(self, thumbnail: str | None) -> TrackSummary:
         if self.best is None:
             raise ValueError("a track without sightings has no summary")
         age, spread = self.age
         male = self.male_probability
         votes = sorted(self._votes.items(), key=lambda item: -item[1].weight)
-        return {
-            "first_frame": self.first_frame,
-            "last_frame": self.last_frame,
-            "first_pts_ms": self.first_pts_ms,
-            "last_pts_ms": self.last_pts_ms,
-            "frames": self.frames,
-            "best_shot": {
-                "frame_index": self.best.frame_index,
-                "box": [round(v, 1) for v in self.best.box],
-                "quality": round(self.best.quality, 3),
-                "thumbnail": thumbnail,
-            },
-            "identity": None if self.identity is None else self.identity.to_json(),
-            "votes": [{"id": i, "name": v.name, "weight": round(v.weight, 4), "searches": v.searches} for i, v in votes],
-            "age": {"value": round(age, 1), "spread": round(spread, 1)},
-            "gender": {"value": "male" if male > 0.5 else "female", "male_probability": round(male, 4)},
-            "embedding": [round(float(x), 6) for x in self.best.embedding],
-        }
+        return TrackSummary(
+            first_frame=self.first_frame, last_frame=self.last_frame, first_pts_ms=self.first_pts_ms,
+            last_pts_ms=self.last_pts_ms, frames=self.frames,
+            best_shot=BestShotRef(frame_index=self.best.frame_index, box=tuple(round(v, 1) for v in self.best.box),
+                                  quality=round(self.best.quality, 3), thumbnail=thumbnail),
+            identity=self.identity,
+            votes=tuple(Vote(identity_id=i, name=v.name, weight=round(v.weight, 4), searches=v.searches)
+                        for i, v in votes),
+            age=AgeEstimate(value=round(age, 1), spread=round(spread, 1)),
+            gender=GenderEstimate(value="male" if male > 0.5 else "female", male_probability=round(male, 4)),
+            embedding=tuple(round(float(x), 6) for x in self.best.embedding),
+        )

@@ -12,14 +12,13 @@ where it was predicted. Tracks are confirmed after ``min_hits`` matches and surv
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from engines.detections import iou_matrix
 from stream_worker.config import TrackerConfig
-from stream_worker.messages.state import pack_array, unpack_array
+from stream_worker.messages.state import PackedArray, TrackerState, TrackerTrack, pack_array, unpack_array
 
 # dlib embeddings: same person ~0.97 cosine, different people ~0.83 (pairs.csv).
 _SAME_COSINE = 0.96
@@ -172,27 +171,24 @@ class FaceTracker:
                 self._tracks.append(track)
         return TrackUpdate(track_ids, started, ended)
 
-    def to_state(self) -> dict[str, Any]:
-        """Everything the tracker knows, as JSON-able data (see :mod:`stream_worker.messages.state`)."""
-        return {
-            "next_key": self._next_key, "next_id": self._next_id, "frame": self._frame,
-            "tracks": [
-                {"key": t.key, "x": pack_array(t.kalman.x), "P": pack_array(t.kalman.P),
-                 "embedding": pack_array(t.embedding), "last_frame": t.last_frame, "hits": t.hits,
-                 "missed": t.missed, "track_id": t.track_id}
-                for t in self._tracks
-            ],
-        }
+    def to_state(self) -> TrackerState:
+        """Everything the tracker knows (see :mod:`stream_worker.messages.state`)."""
+        return TrackerState(next_key=self._next_key, next_id=self._next_id, frame=self._frame, tracks=tuple(
+            TrackerTrack(key=t.key, x=PackedArray.pack(t.kalman.x), P=PackedArray.pack(t.kalman.P),
+                         embedding=pack_array(t.embedding), last_frame=t.last_frame, hits=t.hits, missed=t.missed,
+                         track_id=t.track_id)
+            for t in self._tracks
+        ))
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: TrackerState) -> None:
         """Continue from :meth:`to_state`'s output."""
-        self._next_key, self._next_id, self._frame = int(state["next_key"]), int(state["next_id"]), int(state["frame"])
+        self._next_key, self._next_id, self._frame = state.next_key, state.next_id, state.frame
         self._tracks = []
-        for t in state["tracks"]:
+        for t in state.tracks:
             kalman = _Kalman.__new__(_Kalman)
-            kalman.x, kalman.P = unpack_array(t["x"]), unpack_array(t["P"])
-            self._tracks.append(_Track(int(t["key"]), kalman, unpack_array(t["embedding"]), int(t["last_frame"]),
-                                       int(t["hits"]), int(t["missed"]), t["track_id"]))
+            kalman.x, kalman.P = t.x.unpack(), t.P.unpack()
+            self._tracks.append(_Track(t.key, kalman, unpack_array(t.embedding), t.last_frame, t.hits, t.missed,
+                                       t.track_id))
 
     def continue_ids_from(self, next_id: int) -> None:
         """Start fresh, but never reuse a track id already given out on this stream."""

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from gallery.gallery import Gallery
+from stream_worker.messages.state import PackedArray, StreamCheckpoint
 from stream_worker.pipeline.face_pipeline import FacePipeline
 from stream_worker.pipeline.frames import Frame
 
@@ -40,8 +41,8 @@ def test_restored_pipeline_continues_exactly(detector, multitask, gallery: Galle
 
     first = FacePipeline(detector, multitask, gallery)
     before = _messages(first, frames[:split])
-    saved = json.loads(json.dumps(first.stream_checkpoint("hamilton")))
-    assert saved["tracks"] or split == 12 or saved["tracker"]["tracks"], "the split should fall inside live tracks"
+    saved = StreamCheckpoint.model_validate_json(first.stream_checkpoint("hamilton").encode())  # as on the wire
+    assert saved.tracks or split == 12 or saved.tracker.tracks, "the split should fall inside live tracks"
     second = FacePipeline(detector, multitask, gallery)
     second.restore_stream("hamilton", saved)
     after = _messages(second, frames[split:])
@@ -52,7 +53,7 @@ def test_restored_pipeline_continues_exactly(detector, multitask, gallery: Galle
 def test_closed_checkpoint_never_reuses_track_ids(detector, multitask, clip_frames: list[Frame]) -> None:  # type: ignore[no-untyped-def]
     first = FacePipeline(detector, multitask, None)
     before = _messages(first, clip_frames[:60])
-    closed = json.loads(json.dumps(first.stream_checkpoint("hamilton", closed=True)))
+    closed = StreamCheckpoint.model_validate_json(first.stream_checkpoint("hamilton", closed=True).encode())
     ended, _ = first.end_stream("hamilton")
     used = {m["track_id"] for m in before if m.get("type") == "track_started"}
     assert used and {e.track_id for e in ended} <= used
@@ -68,9 +69,13 @@ def test_closed_checkpoint_never_reuses_track_ids(detector, multitask, clip_fram
         third.process([clip_frames[10]])
 
 
-def test_checkpoint_refuses_other_formats(detector, multitask) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match="checkpoint format"):
-        FacePipeline(detector, multitask, None).restore_stream("hamilton", {"format": "pickle"})
+def test_checkpoint_refuses_other_formats_and_damage() -> None:
+    with pytest.raises(ValueError, match="format"):
+        StreamCheckpoint.model_validate({"format": "pickle", "last_frame": 1, "next_track_id": 1, "closed": True})
+    with pytest.raises(ValueError, match="only numeric arrays"):
+        PackedArray.model_validate({"dtype": "|O", "shape": [1], "data": ""})
+    with pytest.raises(ValueError, match="last_frame"):
+        StreamCheckpoint.model_validate({"last_frame": "x", "next_track_id": 1, "closed": True})
 
 
 def test_best_shots_leave_the_checkpoint_and_come_back_bit_identical(  # type: ignore[no-untyped-def]
@@ -80,7 +85,7 @@ def test_best_shots_leave_the_checkpoint_and_come_back_bit_identical(  # type: i
 
     pipeline = FacePipeline(detector, multitask, None)
     _messages(pipeline, clip_frames[:40])
-    original = {"partition": 0, "streams": {"hamilton": pipeline.stream_checkpoint("hamilton")}}
+    original = {"partition": 0, "streams": {"hamilton": pipeline.stream_checkpoint("hamilton").to_json()}}
     jpegs = [base64.b64decode(t["best"]["jpeg"]) for t in original["streams"]["hamilton"]["tracks"] if t["best"]]
     assert len(jpegs) >= 2 and all(j.startswith(b"\xff\xd8") for j in jpegs)
     state = json.loads(json.dumps(original))
@@ -97,7 +102,7 @@ def test_best_shots_leave_the_checkpoint_and_come_back_bit_identical(  # type: i
     assert attach_shots(state, {k: v for k, v in shots.items() if k != lost}) == [lost]
     assert sum(t["best"]["jpeg"] is None for t in state["streams"]["hamilton"]["tracks"] if t["best"]) == 1
     restored = FacePipeline(detector, multitask, None)
-    restored.restore_stream("hamilton", state["streams"]["hamilton"])
+    restored.restore_stream("hamilton", StreamCheckpoint.model_validate(state["streams"]["hamilton"]))
     assert _messages(restored, clip_frames[40:60]) == _messages(pipeline, clip_frames[40:60])
 
 
@@ -108,7 +113,7 @@ def test_a_checkpoint_too_large_for_a_message_is_skipped(detector, multitask,  #
 
     pipeline = FacePipeline(detector, multitask, None)
     _messages(pipeline, clip_frames[:40])
-    state = {"partition": 0, "streams": {"hamilton": pipeline.stream_checkpoint("hamilton")}}
+    state = {"partition": 0, "streams": {"hamilton": pipeline.stream_checkpoint("hamilton").to_json()}}
     detach_shots(state, "g/frames/0")
     size = len(json.dumps(state).encode())
 
