@@ -22,8 +22,9 @@ the multi-task network is loaded.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from engines.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from engines.config import DetectorConfig, DeviceRequest, OversizePolicy, RuntimeConfig, StoreConfig
@@ -36,30 +37,6 @@ if TYPE_CHECKING:
     from engines.multitask.verification import DEFAULT_SIMILARITY_THRESHOLD, Verification, verify
     from engines.runtime.engine import EngineRuntime
     from engines.store.model_store import ModelStore
-
-_EXPORTS = {
-    "ColorOrder": "engines.image",
-    "DEFAULT_SIMILARITY_THRESHOLD": "engines.multitask.verification",
-    "DetectorConfig": "engines.config",
-    "DeviceRequest": "engines.config",
-    "EngineRuntime": "engines.runtime.engine",
-    "FaceAttributes": "engines.multitask.attributes",
-    "FaceDetections": "engines.detections",
-    "FaceStreamError": "engines.errors",
-    "LANDMARK_NAMES": "engines.detections",
-    "MTCNNDetector": "engines.mtcnn.detector",
-    "ModelStore": "engines.store.model_store",
-    "MultiTaskNet": "engines.multitask.network",
-    "OversizePolicy": "engines.config",
-    "RuntimeConfig": "engines.config",
-    "StoreConfig": "engines.config",
-    "Verification": "engines.multitask.verification",
-    "decode_image": "engines.image",
-    "read_image_file": "engines.image",
-    "verify": "engines.multitask.verification",
-}
-"""Public name -> the module that defines it, imported on first use (so importing this
-package, e.g. for its configuration, loads no model runtime)."""
 
 __all__ = [
     "ColorOrder",
@@ -83,10 +60,24 @@ __all__ = [
     "verify",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, {
+    "ColorOrder": "engines.image",
+    "DEFAULT_SIMILARITY_THRESHOLD": "engines.multitask.verification",
+    "DetectorConfig": "engines.config",
+    "DeviceRequest": "engines.config",
+    "EngineRuntime": "engines.runtime.engine",
+    "FaceAttributes": "engines.multitask.attributes",
+    "FaceDetections": "engines.detections",
+    "FaceStreamError": "engines.errors",
+    "LANDMARK_NAMES": "engines.detections",
+    "MTCNNDetector": "engines.mtcnn.detector",
+    "ModelStore": "engines.store.model_store",
+    "MultiTaskNet": "engines.multitask.network",
+    "OversizePolicy": "engines.config",
+    "RuntimeConfig": "engines.config",
+    "StoreConfig": "engines.config",
+    "Verification": "engines.multitask.verification",
+    "decode_image": "engines.image",
+    "read_image_file": "engines.image",
+    "verify": "engines.multitask.verification",
+})

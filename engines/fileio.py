@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from engines.errors import InvalidImageError
 
 _CHUNK = 1 << 22
 
@@ -52,3 +55,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+MAX_FILE_BYTES = 200 * 2**20
+"""Image files above this size are refused unread (a 4096 x 4096 PNG is at most about 64 MB)."""
+
+
+def read_image_bytes(path: Path | str, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of an image file. A missing file, a folder, a device or pipe (``/dev/zero``
+    would never end), an unreadable file or one over ``max_bytes`` raises
+    :class:`InvalidImageError` naming the path."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidImageError(f"{path}: not a regular file")
+            if info.st_size > max_bytes:
+                raise InvalidImageError(f"{path}: {info.st_size} bytes, more than the limit of {max_bytes}")
+            data = f.read(max_bytes + 1)
+    except IsADirectoryError:
+        raise InvalidImageError(f"{path}: a folder, not an image file") from None
+    except FileNotFoundError:
+        raise InvalidImageError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InvalidImageError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise InvalidImageError(f"{path}: more than the limit of {max_bytes} bytes")
+    return data

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import stat
 import warnings
 from dataclasses import dataclass
 from enum import Enum
@@ -21,13 +19,12 @@ from PIL import Image
 
 from engines.config import OversizePolicy
 from engines.errors import ImageTooLargeError, InvalidImageError
+from engines.fileio import read_image_bytes
 
 # Refuse to decode files above this many pixels whatever the detector's limit: a
 # 30000 x 30000 JPEG is 2.7 GB of pixels (a decompression bomb). Below Pillow's own
 # guard (2 x 89.5 M pixels), so that our message, with the dimensions, is the one seen.
 MAX_DECODE_PIXELS = 150_000_000
-MAX_FILE_BYTES = 200 * 2**20
-"""Image files above this size are refused unread (a 4096 x 4096 PNG is at most about 64 MB)."""
 
 
 class ColorOrder(str, Enum):
@@ -133,30 +130,6 @@ def decode_image(data: bytes, *, name: str = "image", max_pixels: int = MAX_DECO
     if image is None or image.size == 0:
         raise InvalidImageError(f"{name}: not a decodable image (corrupt, truncated or unsupported format)")
     return image
-
-
-def read_image_bytes(path: Path | str, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of an image file. A missing file, a folder, a device or pipe (``/dev/zero``
-    would never end), an unreadable file or one over ``max_bytes`` raises
-    :class:`InvalidImageError` naming the path."""
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise InvalidImageError(f"{path}: not a regular file")
-            if info.st_size > max_bytes:
-                raise InvalidImageError(f"{path}: {info.st_size} bytes, more than the limit of {max_bytes}")
-            data = f.read(max_bytes + 1)
-    except IsADirectoryError:
-        raise InvalidImageError(f"{path}: a folder, not an image file") from None
-    except FileNotFoundError:
-        raise InvalidImageError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InvalidImageError(f"{path}: cannot read file: {exc.strerror or exc}") from None
-    if len(data) > max_bytes:
-        raise InvalidImageError(f"{path}: more than the limit of {max_bytes} bytes")
-    return data
 
 
 def read_image_file(path: Path | str, *, max_pixels: int = MAX_DECODE_PIXELS) -> np.ndarray:

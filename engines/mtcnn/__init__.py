@@ -6,6 +6,19 @@ only around given boxes (for tracked faces between full detections). Raw model o
 are decoded by the pure-numpy functions of :mod:`engines.mtcnn.decode`.
 """
 
-from engines.mtcnn.detector import MTCNNDetector
+from __future__ import annotations
 
-__all__ = ["MTCNNDetector"]
+from typing import TYPE_CHECKING
+
+from engines.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from engines.mtcnn.detector import MTCNNDetector
+
+__all__ = [
+    "MTCNNDetector",
+]
+
+__getattr__ = lazy_exports(__name__, {
+    "MTCNNDetector": "engines.mtcnn.detector",
+})

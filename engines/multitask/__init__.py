@@ -6,8 +6,29 @@ identity embedding, age and its spread, P(male), head pose, sharpness and qualit
 :func:`verify` compares two embeddings against a threshold.
 """
 
-from engines.multitask.attributes import FaceAttributes
-from engines.multitask.network import MultiTaskNet
-from engines.multitask.verification import DEFAULT_SIMILARITY_THRESHOLD, Verification, verify
+from __future__ import annotations
 
-__all__ = ["DEFAULT_SIMILARITY_THRESHOLD", "FaceAttributes", "MultiTaskNet", "Verification", "verify"]
+from typing import TYPE_CHECKING
+
+from engines.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from engines.multitask.attributes import FaceAttributes
+    from engines.multitask.network import MultiTaskNet
+    from engines.multitask.verification import DEFAULT_SIMILARITY_THRESHOLD, Verification, verify
+
+__all__ = [
+    "DEFAULT_SIMILARITY_THRESHOLD",
+    "FaceAttributes",
+    "MultiTaskNet",
+    "Verification",
+    "verify",
+]
+
+__getattr__ = lazy_exports(__name__, {
+    "DEFAULT_SIMILARITY_THRESHOLD": "engines.multitask.verification",
+    "FaceAttributes": "engines.multitask.attributes",
+    "MultiTaskNet": "engines.multitask.network",
+    "Verification": "engines.multitask.verification",
+    "verify": "engines.multitask.verification",
+})

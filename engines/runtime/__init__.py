@@ -8,8 +8,33 @@ reports a backend that loaded another device than planned. Nothing here imports 
 libraries at import time.
 """
 
-from engines.runtime.backend import BackendInfo, InferenceBackend
-from engines.runtime.device import Device, DevicePlan, select_device
-from engines.runtime.engine import EngineRuntime, available_cpus
+from __future__ import annotations
 
-__all__ = ["BackendInfo", "Device", "DevicePlan", "EngineRuntime", "InferenceBackend", "available_cpus", "select_device"]
+from typing import TYPE_CHECKING
+
+from engines.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from engines.runtime.backend import BackendInfo, InferenceBackend
+    from engines.runtime.device import Device, DevicePlan, select_device
+    from engines.runtime.engine import EngineRuntime, available_cpus
+
+__all__ = [
+    "BackendInfo",
+    "Device",
+    "DevicePlan",
+    "EngineRuntime",
+    "InferenceBackend",
+    "available_cpus",
+    "select_device",
+]
+
+__getattr__ = lazy_exports(__name__, {
+    "BackendInfo": "engines.runtime.backend",
+    "Device": "engines.runtime.device",
+    "DevicePlan": "engines.runtime.device",
+    "EngineRuntime": "engines.runtime.engine",
+    "InferenceBackend": "engines.runtime.backend",
+    "available_cpus": "engines.runtime.engine",
+    "select_device": "engines.runtime.device",
+})

@@ -8,7 +8,24 @@ and installs a bundle atomically with a manifest; every load verifies the manife
 checksums. A missing or corrupt bundle is an error that names the command to run.
 """
 
-from engines.store.catalog import BUNDLES
-from engines.store.model_store import BundleState, ModelStore
+from __future__ import annotations
 
-__all__ = ["BUNDLES", "BundleState", "ModelStore"]
+from typing import TYPE_CHECKING
+
+from engines.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from engines.store.catalog import BUNDLES
+    from engines.store.model_store import BundleState, ModelStore
+
+__all__ = [
+    "BUNDLES",
+    "BundleState",
+    "ModelStore",
+]
+
+__getattr__ = lazy_exports(__name__, {
+    "BUNDLES": "engines.store.catalog",
+    "BundleState": "engines.store.model_store",
+    "ModelStore": "engines.store.model_store",
+})

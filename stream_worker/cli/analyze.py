@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from engines.errors import FaceStreamError
 from engines.multitask.verification import DEFAULT_SIMILARITY_THRESHOLD, Verification, verify
@@ -20,7 +20,9 @@ from stream_worker.cli.options import (
     similarity,
 )
 from stream_worker.config import FaceStreamConfig
-from stream_worker.photos import FaceAnalyzer, ImageResult, analyze_file, expand_inputs
+
+if TYPE_CHECKING:  # (the models load when a command runs, not to parse its arguments)
+    from stream_worker.photos import FaceAnalyzer, ImageResult
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,8 @@ def run_analyze(
     analyzer: FaceAnalyzer, paths: Sequence[Path], *, as_json: bool, embeddings: bool, out: TextIO
 ) -> int:
     """Analyse every input; returns the exit status (1 if any image failed, else 0)."""
+    from stream_worker.photos import analyze_file, expand_inputs
+
     failed = 0
     total = 0
     for path in expand_inputs(paths):

@@ -9,15 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engines.runtime.engine import EngineRuntime
 from stream_worker.cli.files import writable_dir
 from stream_worker.cli.options import add_config_options, add_options, bounded
-from stream_worker.cli.startup import build_pipeline, stop_on_signals
+from stream_worker.cli.startup import stop_on_signals
 from stream_worker.config import FaceStreamConfig
-from stream_worker.kafka.gallery_copy import GalleryCopy
-from stream_worker.kafka.worker import KafkaWorker, KafkaWorkerOptions
-from stream_worker.local.sinks import Sink, ThumbnailSink
-from stream_worker.metrics import WorkerMetrics, serve
 
 
 def add_parsers(commands: Any) -> None:
@@ -36,6 +31,13 @@ def add_parsers(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+    from engines.runtime.engine import EngineRuntime
+    from stream_worker.cli.startup import build_pipeline
+    from stream_worker.kafka.gallery_copy import GalleryCopy
+    from stream_worker.kafka.worker import KafkaWorker, KafkaWorkerOptions
+    from stream_worker.local.sinks import Sink, ThumbnailSink
+    from stream_worker.metrics import WorkerMetrics, serve
+
     stop = stop_on_signals()
     with contextlib.ExitStack() as stack:
         path = config.gallery.path

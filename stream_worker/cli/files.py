@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 
 from engines.errors import ConfigError
-from engines.image import MAX_FILE_BYTES, read_image_bytes
+from engines.fileio import MAX_FILE_BYTES, read_image_bytes
 
 __all__ = ["read_image_bytes", "readable_file", "writable_dir", "writable_file"]
 

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -22,9 +22,8 @@ from engines.errors import ConfigError, FaceStreamError
 from engines.fileio import atomic_write_bytes
 from gallery import validation as valid
 from gallery.calibration import DEFAULT_TARGET_FMR, calibrate
-from gallery.enrol import EnrolPolicy, PhotoEnroller
+from gallery.config import EnrolPolicy
 from gallery.errors import GalleryError
-from gallery.gallery import Gallery
 from stream_worker.cli.files import read_image_bytes, readable_file, writable_file
 from stream_worker.cli.options import (
     add_config_options,
@@ -38,11 +37,14 @@ from stream_worker.cli.options import (
     quality,
 )
 from stream_worker.config import FaceStreamConfig, env_name
-from stream_worker.photos import FaceAnalyzer
+
+if TYPE_CHECKING:  # (the models and FAISS load when an action runs, not to parse arguments)
+    from gallery.gallery import Gallery
+    from stream_worker.photos import FaceAnalyzer
 
 log = logging.getLogger(__name__)
 
-AnalyzerFactory = Callable[[], FaceAnalyzer]
+AnalyzerFactory = Callable[[], "FaceAnalyzer"]
 
 
 def add_parsers(commands: Any) -> None:
@@ -136,6 +138,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def _run_gallery(args: argparse.Namespace, config: FaceStreamConfig, analyzer: AnalyzerFactory,
                  publisher: Any) -> int:
+    from gallery.gallery import Gallery
+
     command = args.gallery_command
     with Gallery(config.gallery.path, create=command in ("enrol", "import", "calibrate"),
                  threshold=config.gallery.threshold, index=config.gallery.index) as gallery:
@@ -196,6 +200,8 @@ def _remove(identity_id: str, gallery: Gallery, publisher: Any) -> None:
 
 def _search(args: argparse.Namespace, gallery: Gallery, analyzer: AnalyzerFactory) -> int:
     """Who is in the photo; a photo that cannot be read or decoded is the input's fault (exit 1)."""
+    from gallery.enrol import PhotoEnroller
+
     try:
         data = read_image_bytes(args.image)
         faces = PhotoEnroller(gallery, analyzer()).search(str(args.image), data, k=args.k)
@@ -223,6 +229,8 @@ def _export(gallery: Gallery, out: Path | None) -> None:
 
 
 def _enrol(args: argparse.Namespace, gallery: Gallery, embedder: FaceAnalyzer) -> int:
+    from gallery.enrol import PhotoEnroller
+
     enroller = PhotoEnroller(gallery, embedder, EnrolPolicy(min_quality=args.min_quality, largest_face=args.largest_face))
     outcomes = []
     for path in tqdm(args.images, desc=f"enrolling {args.identity}", unit="photo", disable=None, file=sys.stderr):

@@ -9,10 +9,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from engines.mtcnn.detector import MTCNNDetector
-from engines.multitask.network import MultiTaskNet
 from engines.store.catalog import BUNDLES
-from engines.store.model_store import BundleState
 from stream_worker.cli.options import add_config_options, add_options, engine_runtime, model_store
 from stream_worker.config import FaceStreamConfig
 
@@ -49,6 +46,9 @@ def add_parsers(commands: Any) -> None:
 
 
 def run_info(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+    from engines.mtcnn.detector import MTCNNDetector
+    from engines.multitask.network import MultiTaskNet
+
     store = model_store(config)
     with engine_runtime(config) as runtime:
         MTCNNDetector.create(runtime=runtime, store=store)
@@ -64,6 +64,8 @@ def run_info(args: argparse.Namespace, config: FaceStreamConfig) -> int:
 
 
 def run_models(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+    from engines.store.model_store import BundleState
+
     store = model_store(config)
     if args.models_command == "list":
         for name, bundle in sorted(BUNDLES.items()):

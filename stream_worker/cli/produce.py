@@ -7,14 +7,10 @@ import json
 import sys
 from typing import Any
 
-from tqdm import tqdm
-
 from stream_worker.cli.options import add_config_options, add_options, bounded
 from stream_worker.cli.startup import parse_sources, stop_on_signals
 from stream_worker.config import FaceStreamConfig
-from stream_worker.kafka.client import ensure_topics, make_producer
-from stream_worker.kafka.produce import FORMATS, publish_frames
-from stream_worker.local.sources import open_source
+from stream_worker.kafka.wire import PRODUCE_FORMATS
 
 
 def add_parsers(commands: Any) -> None:
@@ -24,7 +20,7 @@ def add_parsers(commands: Any) -> None:
         "H.264 chunks (one closed group of pictures per message), keyed by stream id.",
     )
     produce.add_argument("--source", required=True, metavar="[ID=]URI")
-    produce.add_argument("--format", choices=FORMATS, default="jpeg", help="default %(default)s")
+    produce.add_argument("--format", choices=PRODUCE_FORMATS, default="jpeg", help="default %(default)s")
     produce.add_argument("--gop-frames", type=bounded(int, 1, 10_000, "--gop-frames"), default=25, help="h264: frames per message (default %(default)s)")
     produce.add_argument("--jpeg-quality", type=bounded(int, 1, 100, "--jpeg-quality"), default=90, help="default %(default)s")
     produce.add_argument("--realtime", action="store_true", help="pace a file at its frame rate, like a camera")
@@ -46,6 +42,12 @@ def video_fps(uri: str, default: float = 25.0) -> float:
 
 
 def run(args: argparse.Namespace, settings: FaceStreamConfig) -> int:
+    from tqdm import tqdm
+
+    from stream_worker.kafka.client import ensure_topics, make_producer
+    from stream_worker.kafka.produce import publish_frames
+    from stream_worker.local.sources import open_source
+
     [(stream_id, uri)] = parse_sources([args.source])
     config = settings.kafka
     ensure_topics(config)

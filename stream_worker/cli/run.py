@@ -10,17 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import av
-from tqdm import tqdm
-
-from engines.runtime.engine import EngineRuntime
 from stream_worker.cli.files import writable_dir, writable_file
 from stream_worker.cli.options import add_config_options, add_options, given
-from stream_worker.cli.startup import build_pipeline, parse_sources, stop_on_signals
+from stream_worker.cli.startup import parse_sources, stop_on_signals
 from stream_worker.config import FaceStreamConfig
-from stream_worker.local.sinks import JsonLinesSink, Sink, ThumbnailSink, VideoSink
-from stream_worker.local.worker import Worker
-from stream_worker.metrics import WorkerMetrics, serve
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +37,8 @@ def add_parsers(commands: Any) -> None:
 
 def known_frames(uri: str) -> int | None:
     """Frame count of a video file, when its header says (for the progress bar)."""
+    import av
+
     if "://" in uri or not Path(uri).is_file():
         return None
     try:
@@ -63,6 +58,14 @@ def run_worker(args: argparse.Namespace, config: FaceStreamConfig) -> int:
         writable_file(args.video_out, "--video-out")
     if args.thumbnails is not None:
         writable_dir(args.thumbnails, "--thumbnails", create=True)
+    from tqdm import tqdm
+
+    from engines.runtime.engine import EngineRuntime
+    from stream_worker.cli.startup import build_pipeline
+    from stream_worker.local.sinks import JsonLinesSink, Sink, ThumbnailSink, VideoSink
+    from stream_worker.local.worker import Worker
+    from stream_worker.metrics import WorkerMetrics, serve
+
     stop = stop_on_signals()
     with EngineRuntime(config.runtime) as runtime:
         thumbnails = ThumbnailSink(args.thumbnails) if args.thumbnails else None

@@ -7,19 +7,19 @@ import functools
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engines.errors import ConfigError
-from engines.mtcnn.detector import MTCNNDetector
-from engines.multitask.network import MultiTaskNet
-from engines.runtime.device import Device
-from engines.runtime.engine import EngineRuntime
-from gallery.gallery import Gallery
 from stream_worker.cli.options import model_store
 from stream_worker.config import FaceStreamConfig
 from stream_worker.kafka.wire import thumbnail_reference
-from stream_worker.local.sinks import ThumbnailSink
-from stream_worker.pipeline.face_pipeline import FacePipeline, ThumbnailRef
 from stream_worker.pipeline.frames import InvalidStreamIdError, check_stream_id, stream_id_from
+
+if TYPE_CHECKING:  # (imported by build_pipeline when a worker starts)
+    from engines.runtime.engine import EngineRuntime
+    from gallery.gallery import Gallery
+    from stream_worker.local.sinks import ThumbnailSink
+    from stream_worker.pipeline.face_pipeline import FacePipeline, ThumbnailRef
 
 
 def parse_sources(specs: list[str]) -> list[tuple[str, str]]:
@@ -80,6 +80,12 @@ def build_pipeline(
 ) -> tuple[FacePipeline, Gallery | None]:
     """The models, the gallery (its index on the engine's device) and the pipeline. Track
     summaries refer to best shots in the ``thumbnails`` folder, else on ``thumbnails_topic``."""
+    from engines.mtcnn.detector import MTCNNDetector
+    from engines.multitask.network import MultiTaskNet
+    from engines.runtime.device import Device
+    from gallery.gallery import Gallery
+    from stream_worker.pipeline.face_pipeline import FacePipeline
+
     store = model_store(config)
     detector = MTCNNDetector.create(config.detector, runtime=runtime, store=store)
     multitask = MultiTaskNet.create(runtime=runtime, store=store)

@@ -9,7 +9,6 @@ from typing import Any
 from stream_worker.cli.options import add_config_options, add_options, bounded
 from stream_worker.cli.startup import stop_on_signals
 from stream_worker.config import FaceStreamConfig
-from stream_worker.kafka.tail import tail_topic
 
 
 def add_parsers(commands: Any) -> None:
@@ -30,6 +29,8 @@ def add_parsers(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+    from stream_worker.kafka.tail import tail_topic
+
     _, invalid = tail_topic(config.kafka, args.topic, sys.stdout, from_start=not args.new,
                             idle_exit_ms=args.idle_exit_ms, max_messages=args.max_messages, stop=stop_on_signals())
     return 1 if invalid else 0

@@ -21,12 +21,12 @@ import cv2
 import numpy as np
 
 from stream_worker.kafka.client import KafkaUnavailableError
-from stream_worker.kafka.wire import FrameMessage
+from stream_worker.kafka.wire import PRODUCE_FORMATS, FrameMessage
 from stream_worker.pipeline.frames import Frame
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("jpeg", "h264")
+FORMATS = PRODUCE_FORMATS
 
 
 @dataclass

@@ -50,6 +50,8 @@ DLQ_REASON = "fs-dlq-reason"
 DLQ_KIND = "fs-dlq-kind"
 TRACK_ID = "fs-track-id"
 
+PRODUCE_FORMATS = ("jpeg", "h264")
+"""What ``facestream produce`` writes: JPEG frames, or H.264 chunks (one closed GOP each)."""
 IMAGE_TYPES = ("image/jpeg", "image/png")
 VIDEO_TYPES = {"video/h264": "h264", "video/h265": "hevc", "video/mp2t": "mpegts"}
 """Content type -> FFmpeg codec (elementary streams) or container format (MPEG-TS)."""

@@ -10,27 +10,22 @@ frame, snapshotted by :meth:`FacePipeline.stream_checkpoint`, restored by
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from engines.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from stream_worker.pipeline.face_pipeline import FacePipeline, FrameOutput
     from stream_worker.pipeline.frames import Frame
 
-_EXPORTS = {
+__all__ = [
+    "FacePipeline",
+    "Frame",
+    "FrameOutput",
+]
+
+__getattr__ = lazy_exports(__name__, {
     "FacePipeline": "stream_worker.pipeline.face_pipeline",
-    "FrameOutput": "stream_worker.pipeline.face_pipeline",
     "Frame": "stream_worker.pipeline.frames",
-}
-"""Public name -> the module that defines it, imported on first use (the frame type and the
-stream-id rule without the models)."""
-
-__all__ = ["FacePipeline", "Frame", "FrameOutput"]
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+    "FrameOutput": "stream_worker.pipeline.face_pipeline",
+})

@@ -54,18 +54,18 @@ def test_group_photos_recall_and_false_positives(detector: MTCNNDetector, faces_
     assert false_positives <= 3
 
 
-def test_every_single_face_photo_yields_a_face(detector: MTCNNDetector, single_face_paths: list[Path]) -> None:
+def test_every_single_face_photo_yields_a_face(detected, single_face_paths: list[Path]) -> None:  # type: ignore[no-untyped-def]
     assert len(single_face_paths) >= 130
-    missed = [str(p) for p in single_face_paths if len(detector.detect(read_image_file(p))) == 0]
+    missed = [str(p) for p in single_face_paths if len(detected(p)[1]) == 0]
     assert missed == []
 
 
-def test_landmark_order_on_upright_faces(detector: MTCNNDetector, single_face_paths: list[Path]) -> None:
+def test_landmark_order_on_upright_faces(detected, single_face_paths: list[Path]) -> None:  # type: ignore[no-untyped-def]
     """Left eye left of right eye (image coordinates), eyes above nose above mouth."""
     assert LANDMARK_NAMES == ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
     checked = 0
     for path in single_face_paths[::4]:
-        faces = detector.detect(read_image_file(path))
+        faces = detected(path)[1]
         best = faces[int(np.argmax(faces.areas))]
         (le, re, nose, ml, mr) = best.landmarks[0]
         assert le[0] < re[0], path

@@ -33,11 +33,16 @@ def _messages(pipeline: FacePipeline, frames: list[Frame]) -> list[dict]:  # typ
     return out
 
 
+@pytest.fixture(scope="module")
+def whole(detector, multitask, gallery: Gallery, clip_frames: list[Frame]) -> list[dict]:  # type: ignore[no-untyped-def, type-arg]
+    """The messages of one uninterrupted run over the first 200 frames."""
+    return _messages(FacePipeline(detector, multitask, gallery), clip_frames[:200])
+
+
 @pytest.mark.parametrize("split", [12, 97, 150])
 def test_restored_pipeline_continues_exactly(detector, multitask, gallery: Gallery, clip_frames: list[Frame],  # type: ignore[no-untyped-def]
-                                             split: int) -> None:
+                                             whole: list[dict], split: int) -> None:  # type: ignore[type-arg]
     frames = clip_frames[:200]
-    whole = _messages(FacePipeline(detector, multitask, gallery), frames)
 
     first = FacePipeline(detector, multitask, gallery)
     before = _messages(first, frames[:split])
