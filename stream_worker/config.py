@@ -220,6 +220,10 @@ class KafkaConfig(ConfigModel):
     worker goes back to its last checkpoint and retries after this long, doubling up to
     ``retry_backoff_max_ms``; /health says ``failing`` meanwhile."""
     retry_backoff_max_ms: Int = Field(30_000, ge=1)
+    idempotent_producer: Bool = True
+    """Idempotent producers (Kafka >= 0.11; with ACLs, the IdempotentWrite permission): the
+    broker drops a batch resent after a lost acknowledgement, so internal retries never
+    duplicate a message. Off: one request in flight per connection keeps the order."""
     create_topics: Bool = True
     """Create missing topics at start-up (compacted ones compacted)."""
     frames_partitions: Int = Field(4, ge=1)

@@ -118,3 +118,18 @@ def test_the_compose_worker_command_and_environment_are_understood(capsys: pytes
     assert config["metrics"]["host"] == "0.0.0.0" and config["metrics"]["port"] == 9100
     assert config["kafka"]["frames_partitions"] == int(env["FACESTREAM__KAFKA__FRAMES_PARTITIONS"])
     assert "9092" in compose["services"]["kafka"]["environment"]["KAFKA_LISTENERS"]
+
+
+def test_the_runtime_needs_no_torch_and_the_image_converts_in_a_build_stage() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = " ".join(project["dependencies"]).lower()
+    assert "torch" not in runtime and "onnxscript" not in runtime
+    assert any(d.startswith("torch==") for d in project["optional-dependencies"]["convert"])
+    stages = re.split(r"^FROM ", (REPO / "deploy" / "Dockerfile").read_text(), flags=re.M)[1:]
+    assert len(stages) == 2 and stages[0].startswith("python:3.11-slim AS models")
+    assert "'.[convert]'" in stages[0] and "facestream models fetch" in stages[0]
+    final = stages[-1]
+    assert "convert" not in final and "torch" not in final and "models fetch" not in final
+    assert "COPY --from=models /models /models" in final and "FACESTREAM__MODELS__AUTO_FETCH=0" in final

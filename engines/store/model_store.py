@@ -211,13 +211,13 @@ class ModelStore:
                 log.info("model bundle '%s' is already installed and verified in %s", bundle.name, status.directory)
                 return self._installed(bundle)
             started = time.monotonic()
+            converter = self._converter(bundle)  # before any download: a missing converter fails at once
             staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.partial-", dir=self.models_dir))
             try:
                 out_dir = staging / bundle.name
                 out_dir.mkdir()
                 sources = self._fetch_sources(bundle, staging)
                 log.info("converting %s (%s)", bundle.name, bundle.description)
-                converter = self._converter(bundle)
                 conversion = converter(bundle, sources, out_dir)
                 self._write_manifest(bundle, out_dir, conversion)
                 _fsync_tree(out_dir)
@@ -249,7 +249,17 @@ class ModelStore:
     @staticmethod
     def _converter(bundle: ModelBundle) -> Converter:
         module_name, _, function = bundle.converter.partition(":")
-        converter: Converter = getattr(importlib.import_module(module_name), function)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # torch, onnx or onnxscript: the 'convert' extra
+            raise ModelStoreError(
+                f"converting the '{bundle.name}' weights needs PyTorch, onnx and onnxscript, which this installation "
+                f"does not have ({exc}; running the models does not need them). Install them with "
+                "`pip install 'facestream[convert]'`, or "
+                "fetch the models on a machine that has it and copy its model cache (models.home, "
+                f"{HOME_ENV})"
+            ) from None
+        converter: Converter = getattr(module, function)
         return converter
 
     @staticmethod

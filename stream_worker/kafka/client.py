@@ -36,15 +36,20 @@ def client_settings(config: KafkaConfig) -> dict[str, Any]:
 
 def make_producer(config: KafkaConfig) -> Any:
     """A producer that waits for every in-sync replica (acks=all) and retries until
-    ``delivery_timeout_ms``."""
+    ``delivery_timeout_ms``. Idempotent by default (``kafka.idempotent_producer``): the
+    broker drops a batch the producer resends after a lost acknowledgement, and order holds
+    with several requests in flight; without it, one request at a time keeps the order."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
+    ordering: dict[str, Any] = (
+        {"enable_idempotence": True, "max_in_flight_requests_per_connection": 5} if config.idempotent_producer
+        else {"enable_idempotence": False, "max_in_flight_requests_per_connection": 1})
     try:
         return KafkaProducer(
             **client_settings(config), acks="all", linger_ms=5, max_request_size=config.max_message_bytes + 65536,
-            delivery_timeout_ms=config.delivery_timeout_ms, retries=2**31 - 1, max_in_flight_requests_per_connection=1,
-            max_block_ms=config.delivery_timeout_ms,
+            delivery_timeout_ms=config.delivery_timeout_ms, retries=2**31 - 1, max_block_ms=config.delivery_timeout_ms,
+            **ordering,
         )
     except KafkaError as exc:
         raise KafkaUnavailableError(f"no Kafka broker answers at {config.bootstrap_servers}: {exc}") from None

@@ -700,6 +700,20 @@ def test_gallery_changelog_enrol_reaches_every_worker_and_erasure_retracts(  # t
                 worker.wait(60)
 
 
+def test_producers_are_idempotent_unless_configured_otherwise(broker: TansuBroker) -> None:
+    """The broker gives the worker's producer an id and sequences its batches (InitProducerId):
+    a batch resent after a lost acknowledgement is dropped by the broker, not duplicated."""
+    for idempotent in (True, False):
+        config = kafka_config(broker, f"idempotent-{idempotent}", idempotent_producer=idempotent)
+        producer = make_producer(config)
+        try:
+            producer.send(config.frames_topic, key=b"k", value=b"v").get(timeout=10)
+            manager = producer._transaction_manager  # (kafka-python keeps the producer id here)
+            assert (manager is not None and manager.producer_id_and_epoch.producer_id >= 0) == idempotent
+        finally:
+            producer.close()
+
+
 def test_an_erasure_the_changelog_did_not_acknowledge_fails_loudly(broker: TansuBroker) -> None:
     """An erasure is reported only once the brokers have it; a broker that does not answer
     (frozen) makes it an error, not a success."""
