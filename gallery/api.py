@@ -8,10 +8,11 @@ What a request goes through, in order:
    checked before a single byte of the body is read (401), a declared ``Content-Length``
    over the limit is refused at once (413), and a body without one is counted as it
    streams and cut off at the limit (413): nothing larger is ever buffered or spooled.
-2. The endpoint. Requests that run the models (search, enrol) go to a bounded
-   :class:`InferencePool` off the event loop; when its workers and queue are full the
-   request gets 429 at once (with ``Retry-After``), so ``/health`` and every other
-   endpoint keep answering while searches run.
+2. Requests that run the models (search, enrol) reserve a place in a bounded
+   :class:`InferencePool` in the guard too, before their upload is read: when its workers
+   and queue are full the request gets 429 at once (with ``Retry-After``). The models run
+   off the event loop, so ``/health`` and every other endpoint keep answering while
+   searches run.
 3. Uploaded images are refused from their header above ``max_image_pixels`` (422) before
    any pixel is decoded; ids, names and metadata are checked (422); an import is checked
    whole before anything is written.
@@ -21,6 +22,7 @@ What a request goes through, in order:
 # definition time.
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import threading
@@ -34,7 +36,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engines.errors import InvalidImageError
-from engines.runtime.engine import available_cpus
+from engines.runtime.engine import available_cpus, lower_thread_priority
 from gallery import validation as valid
 from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.errors import EnrolmentRefusedError, GalleryCorruptError, GalleryError, IdentityNotFoundError
@@ -57,10 +59,11 @@ def _json(code: int, detail: str, headers: dict[str, str] | None = None) -> JSON
 class RequestGuard:
     """Authenticate before reading the body; enforce the body limit while it streams."""
 
-    def __init__(self, app: ASGIApp, *, token: str, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, token: str, max_body_bytes: int, pool: "InferencePool") -> None:
         self.app = app
         self.expected = token.encode()
         self.max_body_bytes = max_body_bytes
+        self.pool = pool
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,34 +96,52 @@ class RequestGuard:
                                         f"request body exceeds the limit of {self.max_body_bytes} bytes")
             return message
 
+        if scope["method"] == "POST" and _runs_models(path):
+            if not self.pool.reserve():  # refused before its body is read: a full pool costs nothing more
+                await _json(status.HTTP_429_TOO_MANY_REQUESTS, f"busy: {self.pool.capacity} requests are running or "
+                            "waiting for the models; retry shortly", {"Retry-After": "1"})(scope, receive, send)
+                return
+            try:
+                await self.app(scope, counted, send)
+            finally:
+                self.pool.release()
+            return
         await self.app(scope, counted, send)
 
 
-class InferencePool:
-    """Model work off the event loop: ``workers`` at a time and ``queue_limit`` waiting;
-    beyond that, 429 at once instead of an ever longer queue."""
+def _runs_models(path: str) -> bool:
+    return path == "/search" or (path.startswith("/identities/") and path.endswith("/photos"))
 
-    def __init__(self, workers: int, queue_limit: int) -> None:
+
+class InferencePool:
+    """Model work off the event loop: ``workers`` at a time and ``queue_limit`` waiting.
+    A request that runs the models reserves its place in :class:`RequestGuard`, before its
+    upload is read; beyond the capacity it gets 429 at once instead of an ever longer queue."""
+
+    def __init__(self, workers: int, queue_limit: int, *, niceness: int = 0) -> None:
         self.workers = workers or available_cpus()
         self.capacity = self.workers + queue_limit
-        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="api-inference")
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="api-inference",
+                                            initializer=functools.partial(lower_thread_priority, niceness))
         self._lock = threading.Lock()
         self.admitted = 0
         self.refused = 0
 
-    async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def reserve(self) -> bool:
         with self._lock:
             if self.admitted >= self.capacity:
                 self.refused += 1
-                raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
-                                    f"busy: {self.admitted} requests are running or waiting for the models; retry "
-                                    "shortly", headers={"Retry-After": "1"})
+                return False
             self.admitted += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: function(*args, **kwargs))
-        finally:
-            with self._lock:
-                self.admitted -= 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.admitted -= 1
+
+    async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run on the pool (the caller holds a reservation)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: function(*args, **kwargs))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -135,11 +156,12 @@ def create_app(
     max_image_pixels: int = 40_000_000,
     inference_workers: int = 0,
     queue_limit: int = 32,
+    inference_niceness: int = 0,
 ) -> FastAPIOffline:
     """The API for one gallery. ``token`` must be presented as ``Authorization: Bearer ...``."""
     if len(token) < 16:
         raise ValueError("the API token must be at least 16 characters")
-    pool = InferencePool(inference_workers, queue_limit)
+    pool = InferencePool(inference_workers, queue_limit, niceness=inference_niceness)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -152,7 +174,7 @@ def create_app(
         version="1",
         lifespan=lifespan,
     )
-    app.add_middleware(RequestGuard, token=token, max_body_bytes=max_upload_bytes)
+    app.add_middleware(RequestGuard, token=token, max_body_bytes=max_upload_bytes, pool=pool)
     app.state.inference = pool
 
     for error, code in ((IdentityNotFoundError, status.HTTP_404_NOT_FOUND),

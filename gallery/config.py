@@ -54,6 +54,9 @@ class ApiConfig(ConfigModel):
     """Requests that run the models (search, enrol) at the same time; 0 = one per CPU."""
     queue_limit: Int = Field(32, ge=0)
     """Such requests waiting for a worker beyond those running; more get 429 at once."""
+    inference_niceness: Int = Field(10, ge=0, le=19)
+    """Niceness of the threads that run the models (Linux: per thread), so the event loop
+    that answers /health and refuses overflow gets the CPU as soon as it needs it; 0: off."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
 import logging
 from typing import Any
 
@@ -11,7 +13,6 @@ from stream_worker.cli.options import (
     add_config_options,
     add_options,
     add_pipeline_options,
-    engine_runtime,
     face_analyzer,
 )
 from stream_worker.config import FaceStreamConfig, env_name
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     import uvicorn
 
     from engines.runtime.device import Device
+    from engines.runtime.engine import EngineRuntime, lower_thread_priority
     from gallery.api import create_app
     from gallery.enrol import EnrolPolicy, PhotoEnroller
     from gallery.gallery import Gallery
@@ -46,14 +48,19 @@ def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
                           "the API")
     if config.gallery.path is None:
         raise ConfigError(f"name the gallery database with --db PATH (or {env_name(('gallery', 'path'))})")
-    with engine_runtime(config) as runtime:
+    niceness = functools.partial(lower_thread_priority, api.inference_niceness)
+    # The model threads run at a lower priority, but they take Python's GIL between native
+    # calls: a short switch interval makes one that is preempted while holding it let go
+    # soon, so the event loop (/health, 429s) is not left waiting behind it.
+    sys.setswitchinterval(0.0005)
+    with EngineRuntime(config.runtime, thread_initializer=niceness) as runtime:
         index = config.gallery.index.model_copy(update={"use_gpu": runtime.plan.device is Device.CUDA})
         with Gallery(config.gallery.path, index=index, threshold=config.gallery.threshold) as gallery:
             enroller = PhotoEnroller(gallery, face_analyzer(config, runtime, multitask=True),
                                      EnrolPolicy(min_quality=api.min_quality))
             app = create_app(gallery, enroller, token=token, max_upload_bytes=int(api.max_upload_mb * 2**20),
                              max_image_pixels=api.max_image_pixels, inference_workers=api.inference_workers,
-                             queue_limit=api.queue_limit)
+                             queue_limit=api.queue_limit, inference_niceness=api.inference_niceness)
             log.warning("serving gallery %s on http://%s:%d (docs at /docs)", config.gallery.path, api.host, api.port)
             uvicorn.run(app, host=api.host, port=api.port, log_level="warning")
     return 0
