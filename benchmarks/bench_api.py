@@ -121,6 +121,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--client-niceness", type=int, default=10,
+                        help="priority of the load generator (0: the same as the server's)")
     args = parser.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,7 +146,7 @@ def main() -> int:
                 httpx.post(f"{base}/identities/{person}/photos", headers=AUTH, timeout=120,
                            files=[("photos", (p.name, p.read_bytes())) for p in photos]).raise_for_status()
             capacity = httpx.get(f"{base}/health").json()["inference"]
-            os.nice(10)  # the load generator yields to the server and the probe (see above)
+            os.nice(args.client_niceness)  # the load generator yields to the server and the probe (see above)
             photo = (KNN / "test" / "obama_and_biden.jpg").read_bytes()
             result = asyncio.run(load(base, photo, args.clients, args.rounds))
         finally:

@@ -123,6 +123,8 @@ class DetectorConfig(ConfigModel):
     max_image_pixels: Int = Field(4096 * 4096, ge=144)
     """Images with more pixels are downscaled or refused, by ``oversize_policy``."""
     oversize_policy: OversizePolicy = OversizePolicy.DOWNSCALE
+    """``downscale``: detect on a copy shrunk to the limit (results in the original's pixels);
+    ``refuse``: the image is an error."""
     max_batch_crops: Int = Field(512, ge=1)
     """Largest batch sent to R-Net or O-Net in one call (bounds memory on crowded frames)."""
 

@@ -11,8 +11,9 @@ What a request goes through, in order:
 2. Requests that run the models (search, enrol) reserve a place in a bounded
    :class:`InferencePool` in the guard too, before their upload is read: when its workers
    and queue are full the request gets 429 at once (with ``Retry-After``). The models run
-   off the event loop, so ``/health`` and every other endpoint keep answering while
-   searches run.
+   off the event loop (``facestream serve-api``: in worker processes, see
+   :mod:`stream_worker.photo_workers`), so ``/health`` and every other endpoint keep
+   answering while searches run.
 3. Uploaded images are refused from their header above ``max_image_pixels`` (422) before
    any pixel is decoded; ids, names and metadata are checked (422); an import is checked
    whole before anything is written.
@@ -22,7 +23,6 @@ What a request goes through, in order:
 # definition time.
 import asyncio
 import contextlib
-import functools
 import hmac
 import logging
 import threading
@@ -35,8 +35,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engines.errors import InvalidImageError
-from engines.runtime.engine import available_cpus, lower_thread_priority
+from engines.errors import FaceStreamError, InvalidImageError
+from engines.runtime.engine import available_cpus
 from gallery import validation as valid
 from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.errors import EnrolmentRefusedError, GalleryCorruptError, GalleryError, IdentityNotFoundError
@@ -118,11 +118,10 @@ class InferencePool:
     A request that runs the models reserves its place in :class:`RequestGuard`, before its
     upload is read; beyond the capacity it gets 429 at once instead of an ever longer queue."""
 
-    def __init__(self, workers: int, queue_limit: int, *, niceness: int = 0) -> None:
+    def __init__(self, workers: int, queue_limit: int) -> None:
         self.workers = workers or available_cpus()
         self.capacity = self.workers + queue_limit
-        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="api-inference",
-                                            initializer=functools.partial(lower_thread_priority, niceness))
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="api-inference")
         self._lock = threading.Lock()
         self.admitted = 0
         self.refused = 0
@@ -156,12 +155,11 @@ def create_app(
     max_image_pixels: int = 40_000_000,
     inference_workers: int = 0,
     queue_limit: int = 32,
-    inference_niceness: int = 0,
 ) -> FastAPIOffline:
     """The API for one gallery. ``token`` must be presented as ``Authorization: Bearer ...``."""
     if len(token) < 16:
         raise ValueError("the API token must be at least 16 characters")
-    pool = InferencePool(inference_workers, queue_limit, niceness=inference_niceness)
+    pool = InferencePool(inference_workers, queue_limit)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -187,6 +185,13 @@ def create_app(
     async def corrupt(_: Request, exc: GalleryCorruptError) -> JSONResponse:
         log.error("%s", exc)
         return _json(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc))
+
+    @app.exception_handler(FaceStreamError)
+    async def unavailable(_: Request, exc: FaceStreamError) -> JSONResponse:
+        """A retriable fault (a model worker died): 503, try again; anything else: 500."""
+        log.error("%s", exc)
+        code = status.HTTP_503_SERVICE_UNAVAILABLE if exc.retriable else status.HTTP_500_INTERNAL_SERVER_ERROR
+        return _json(code, str(exc), {"Retry-After": "1"} if exc.retriable else None)
 
     async def read_upload(upload: UploadFile) -> bytes:
         data = await upload.read(max_upload_bytes + 1)

@@ -41,6 +41,7 @@ class ApiConfig(ConfigModel):
     host: str = "127.0.0.1"
     """Address to listen on."""
     port: Int = Field(8000, ge=1, le=65535)
+    """Port to listen on."""
     token: SecretStr = ""  # type: ignore[assignment]  # (validated into a SecretStr)
     """Bearer token every endpoint but /health requires (at least 16 characters). Read only
     from the environment (``FACESTREAM__API__TOKEN``); never logged or printed."""
@@ -51,12 +52,13 @@ class ApiConfig(ConfigModel):
     min_quality: Float = Field(0.5, ge=0, le=1)
     """Enrolment refuses faces below this quality."""
     inference_workers: Int = Field(0, ge=0)
-    """Requests that run the models (search, enrol) at the same time; 0 = one per CPU."""
+    """Processes that run the models, so requests (search, enrol) served at the same time;
+    0 = one per CPU (one on a GPU)."""
     queue_limit: Int = Field(32, ge=0)
     """Such requests waiting for a worker beyond those running; more get 429 at once."""
     inference_niceness: Int = Field(10, ge=0, le=19)
-    """Niceness of the threads that run the models (Linux: per thread), so the event loop
-    that answers /health and refuses overflow gets the CPU as soon as it needs it; 0: off."""
+    """Niceness of the processes that run the models, so the event loop that answers /health
+    and refuses overflow gets a core as soon as it needs one; 0: the server's own."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from engines.errors import InvalidImageError
-from engines.image import MAX_DECODE_PIXELS, decode_image
+from engines.image import MAX_DECODE_PIXELS
 from gallery.config import EnrolPolicy
 from gallery.errors import EnrolmentRefusedError
 from gallery.gallery import Gallery, Match
@@ -27,8 +27,10 @@ class FaceSample:
 
 
 class FaceEmbedder(Protocol):
-    def faces(self, image: np.ndarray) -> list[FaceSample]:
-        """Every face of a BGR image, with its embedding and quality."""
+    def photo_faces(self, data: bytes, *, name: str, max_pixels: int) -> list[FaceSample]:
+        """Every face of an encoded photo, with its embedding and quality. The photo is
+        decoded here (refused from its header above ``max_pixels``), so an embedder that runs
+        in another process receives the photo's bytes, not its pixels."""
         ...
 
 
@@ -76,8 +78,7 @@ class PhotoEnroller:
         """Photos whose header declares more pixels are refused before decoding."""
 
     def _face_for_enrolment(self, source: str, data: bytes) -> FaceSample:
-        image = decode_image(data, name=source, max_pixels=self.max_pixels)
-        faces = self.embedder.faces(image)
+        faces = self.embedder.photo_faces(data, name=source, max_pixels=self.max_pixels)
         if not faces:
             raise EnrolmentRefusedError(f"{source}: no face found")
         face = max(faces, key=lambda f: _area(f.box))
@@ -132,8 +133,8 @@ class PhotoEnroller:
 
     def search(self, source: str, data: bytes, k: int = 5) -> list[FaceSearch]:
         """Search every face of a photo; largest face first."""
-        image = decode_image(data, name=source, max_pixels=self.max_pixels)
-        faces = sorted(self.embedder.faces(image), key=lambda f: -_area(f.box))
+        found = self.embedder.photo_faces(data, name=source, max_pixels=self.max_pixels)
+        faces = sorted(found, key=lambda f: -_area(f.box))
         if not faces:
             return []
         results = self.gallery.search(np.stack([f.embedding for f in faces]), k=k)

@@ -16,7 +16,7 @@ import numpy as np
 
 from engines.detections import FaceDetections
 from engines.errors import FaceStreamError, InvalidImageError
-from engines.image import read_image_file
+from engines.image import decode_image, read_image_file
 from engines.mtcnn.detector import MTCNNDetector
 from engines.multitask.attributes import FaceAttributes
 from engines.multitask.network import MultiTaskNet
@@ -64,6 +64,10 @@ class FaceAnalyzer:
             FaceSample(attributes.embeddings[i], float(attributes.qualities[i]), tuple(float(v) for v in faces.boxes[i]))
             for i in range(len(faces))
         ]
+
+    def photo_faces(self, data: bytes, *, name: str, max_pixels: int) -> list[FaceSample]:
+        """Every face of an encoded photo (the gallery's embedder protocol)."""
+        return self.faces(decode_image(data, name=name, max_pixels=max_pixels))
 
     def largest_face(self, path: Path) -> tuple[FaceDetections, FaceAttributes]:
         """The largest face of an image file, with its attributes; refuses faceless images."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,16 +29,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def lower_thread_priority(niceness: int) -> None:
-    """Make the calling thread yield the CPU to the process's other threads (Linux: niceness
-    is per thread); for model threads that share a machine with a latency-bound event loop.
-    Elsewhere, or without permission, nothing changes."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except (AttributeError, OSError):
-        pass
 
 
 def available_cpus() -> int:
@@ -57,8 +46,7 @@ def available_cpus() -> int:
 class EngineRuntime:
     """Device decision, model loading and the worker pool, shared by every model."""
 
-    def __init__(self, config: RuntimeConfig | None = None, *, plan: DevicePlan | None = None,
-                 thread_initializer: Callable[[], None] | None = None) -> None:
+    def __init__(self, config: RuntimeConfig | None = None, *, plan: DevicePlan | None = None) -> None:
         self.config = config or RuntimeConfig()
         self.plan = plan or select_device(self.config.device, force_cpu=self.config.force_cpu)
         if self.config.workers:
@@ -66,8 +54,7 @@ class EngineRuntime:
         else:
             self.workers = 1 if self.plan.device is Device.CUDA else available_cpus()
         self.loaded: list[BackendInfo] = []
-        self._pool = (ThreadPoolExecutor(self.workers, thread_name_prefix="engine", initializer=thread_initializer)
-                      if self.workers > 1 else None)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="engine") if self.workers > 1 else None
         log.info(
             "engine runtime: device %s, %d worker(s), %d intra-op thread(s) per call",
             self.plan.describe(), self.workers, self.config.intra_op_threads,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 import logging
 from typing import Any
 
@@ -13,7 +11,6 @@ from stream_worker.cli.options import (
     add_config_options,
     add_options,
     add_pipeline_options,
-    face_analyzer,
 )
 from stream_worker.config import FaceStreamConfig, env_name
 
@@ -35,11 +32,12 @@ def add_parsers(commands: Any) -> None:
 def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     import uvicorn
 
-    from engines.runtime.device import Device
-    from engines.runtime.engine import EngineRuntime, lower_thread_priority
+    from engines.runtime.device import Device, select_device
+    from engines.runtime.engine import available_cpus
     from gallery.api import create_app
     from gallery.enrol import EnrolPolicy, PhotoEnroller
     from gallery.gallery import Gallery
+    from stream_worker.photo_workers import ProcessEmbedder
 
     api = config.api
     token = api.token.get_secret_value()
@@ -48,19 +46,19 @@ def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
                           "the API")
     if config.gallery.path is None:
         raise ConfigError(f"name the gallery database with --db PATH (or {env_name(('gallery', 'path'))})")
-    niceness = functools.partial(lower_thread_priority, api.inference_niceness)
-    # The model threads run at a lower priority, but they take Python's GIL between native
-    # calls: a short switch interval makes one that is preempted while holding it let go
-    # soon, so the event loop (/health, 429s) is not left waiting behind it.
-    sys.setswitchinterval(0.0005)
-    with EngineRuntime(config.runtime, thread_initializer=niceness) as runtime:
-        index = config.gallery.index.model_copy(update={"use_gpu": runtime.plan.device is Device.CUDA})
+    plan = select_device(config.runtime.device, force_cpu=config.runtime.force_cpu)  # the engine's one decision
+    workers = api.inference_workers or (1 if plan.device is Device.CUDA else available_cpus())
+    # The models run in worker processes: the event loop (/health, 429s) shares no GIL with them.
+    embedder = ProcessEmbedder(config, workers=workers, niceness=api.inference_niceness)
+    try:
+        index = config.gallery.index.model_copy(update={"use_gpu": plan.device is Device.CUDA})
         with Gallery(config.gallery.path, index=index, threshold=config.gallery.threshold) as gallery:
-            enroller = PhotoEnroller(gallery, face_analyzer(config, runtime, multitask=True),
-                                     EnrolPolicy(min_quality=api.min_quality))
+            enroller = PhotoEnroller(gallery, embedder, EnrolPolicy(min_quality=api.min_quality))
             app = create_app(gallery, enroller, token=token, max_upload_bytes=int(api.max_upload_mb * 2**20),
-                             max_image_pixels=api.max_image_pixels, inference_workers=api.inference_workers,
-                             queue_limit=api.queue_limit, inference_niceness=api.inference_niceness)
+                             max_image_pixels=api.max_image_pixels, inference_workers=workers,
+                             queue_limit=api.queue_limit)
             log.warning("serving gallery %s on http://%s:%d (docs at /docs)", config.gallery.path, api.host, api.port)
             uvicorn.run(app, host=api.host, port=api.port, log_level="warning")
+    finally:
+        embedder.close()
     return 0

@@ -272,8 +272,17 @@ def test_a_full_inference_pool_answers_429_and_health_stays_up(server: tuple[str
     assert httpx.get(f"{base}/health", timeout=5).json()["inference"]["refused"] >= codes.count(429)
 
 
-def test_the_token_never_reaches_the_logs(server: tuple[str, subprocess.Popen[str]]) -> None:
+def test_the_model_workers_end_with_the_server_and_the_token_never_reaches_the_logs(
+    server: tuple[str, subprocess.Popen[str]],
+) -> None:
     _, process = server
-    process.terminate()
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(workers) == 1  # FACESTREAM__API__INFERENCE_WORKERS=1
+    process.kill()  # SIGKILL: the server cannot clean up
     _, stderr = process.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "a model worker outlived the server"
+        time.sleep(0.1)
     assert TOKEN not in stderr
