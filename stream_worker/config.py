@@ -77,13 +77,21 @@ class StreamConfig(ConfigModel):
     """Sources of ``facestream run``."""
 
     pacing: Pacing = Pacing.AUTO
+    """``all``: every frame (the source waits for the pipeline); ``realtime``: the oldest
+    queued frames are dropped and counted when the pipeline falls behind; ``auto``: all for
+    files, realtime for live sources."""
     queue_frames: Int = Field(8, ge=1, le=10_000)
     """Frames buffered per stream between decoding and the pipeline."""
     reconnect_min_ms: Int = Field(500, ge=1)
     """First wait before reconnecting to a live source; doubles up to ``reconnect_max_ms``."""
     reconnect_max_ms: Int = Field(30_000, ge=1)
+    """Longest wait between reconnection attempts."""
     open_timeout_ms: Int = Field(10_000, ge=1)
     """Give up one connection attempt (or a stalled read) after this long."""
+    recovery_reference: Path | None = None
+    """A complete MP4 recording from the same camera (same resolution and encoder settings).
+    An MP4 cut short before its index was written, whose encoder did not repeat the decoder's
+    parameters in the stream, is played with this file's (see stream_worker.local.recovery)."""
     retries: Int = Field(3, ge=0, le=100)
     """``facestream run``: times a pipeline step that failed for a reason that is not the
     input's (a model, the gallery) is retried before the run ends."""
@@ -172,6 +180,7 @@ class MetricsConfig(ConfigModel):
     port: Int = Field(0, ge=0, le=65535)
     """Serve /metrics (Prometheus) and /health on this port; 0: off."""
     host: str = "127.0.0.1"
+    """Address the metrics server listens on (0.0.0.0 for probes from outside a pod)."""
 
 
 class KafkaConfig(ConfigModel):
@@ -181,11 +190,15 @@ class KafkaConfig(ConfigModel):
     bootstrap_servers: str = Field("localhost:9092", min_length=1)
     """Comma-separated host:port list."""
     frames_topic: str = "faces.frames"
+    """Input: one image or encoded video chunk per message, keyed by stream id."""
     detections_topic: str = "faces.detections"
+    """Every processed frame's result (facestream.frame/1)."""
     tracks_topic: str = "faces.tracks"
+    """Track events (facestream.track/1)."""
     alerts_topic: str = "faces.alerts"
     """Watch-list hits: every track identified as (or changed to) a gallery identity."""
     dead_letter_topic: str = "faces.dead-letter"
+    """Input that is at fault, with the original key, value and headers and a reason."""
     thumbnails_topic: str = "faces.thumbnails"
     """Each ended track's best-shot JPEG, keyed ``<stream>:track:<id>``, which its summary's
     ``best_shot.thumbnail`` refers to as ``kafka:<topic>/<key>`` (unless the worker writes
@@ -195,20 +208,25 @@ class KafkaConfig(ConfigModel):
     state_topic: str = "faces.worker-state"
     """Compacted per-partition checkpoints of tracker state (see stream_worker.kafka)."""
     group_id: str = Field("facestream", min_length=1)
+    """The workers' consumer group (and the prefix of their checkpoint keys)."""
     client_id: str = ""
     """Defaults to facestream-<host>-<pid>."""
     session_timeout_ms: Int = Field(10_000, ge=1)
+    """A worker silent this long leaves the group; its partitions go to the others."""
     heartbeat_interval_ms: Int = Field(1_000, ge=1)
+    """At most a third of ``session_timeout_ms``."""
     max_poll_interval_ms: Int = Field(60_000, ge=1)
     """A worker that takes longer than this between polls leaves the group; one poll's
     records (max_poll_records) must be processed well within it."""
     max_poll_records: Int = Field(64, ge=1)
+    """Records per poll (64 lets one poll span partitions, so cameras are batched together)."""
     max_poll_frames: Int = Field(64, ge=1)
     """Frames taken per poll: fewer records when they are video chunks of many frames."""
     max_message_bytes: Int = Field(1_000_000, ge=1024)
     """Input messages above this size are dead letters (Apache Kafka's default message.max.bytes is
     about 1 MB: raise both together)."""
     request_timeout_ms: Int = Field(30_000, ge=1)
+    """One request to a broker; at most ``delivery_timeout_ms``."""
     delivery_timeout_ms: Int = Field(300_000, ge=1)
     """How long the producer retries a result through a broker outage before the worker
     rewinds to its last checkpoint and processes the frames again."""
@@ -220,6 +238,7 @@ class KafkaConfig(ConfigModel):
     worker goes back to its last checkpoint and retries after this long, doubling up to
     ``retry_backoff_max_ms``; /health says ``failing`` meanwhile."""
     retry_backoff_max_ms: Int = Field(30_000, ge=1)
+    """Longest wait between such retries (and at most half of ``max_poll_interval_ms``)."""
     idempotent_producer: Bool = True
     """Idempotent producers (Kafka >= 0.11; with ACLs, the IdempotentWrite permission): the
     broker drops a batch resent after a lost acknowledgement, so internal retries never
@@ -229,9 +248,13 @@ class KafkaConfig(ConfigModel):
     frames_partitions: Int = Field(4, ge=1)
     """Partitions of the frames topic when the worker creates it."""
     replication_factor: Int = Field(1, ge=1)
+    """Replicas of the topics the worker creates."""
     security_protocol: str = "PLAINTEXT"
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
     sasl_mechanism: str = ""
+    """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty: no SASL."""
     sasl_username: str = ""
+    """SASL user (its password: `kafka.sasl_password`)."""
     sasl_password: SecretStr = ""  # type: ignore[assignment]  # (validated into a SecretStr)
     """Read only from the environment (``FACESTREAM__KAFKA__SASL_PASSWORD``); never printed."""
 
@@ -421,3 +444,65 @@ __all__ = [
     "FaceStreamConfig", "GalleryConfig", "IdentifyConfig", "KafkaConfig", "MetricsConfig", "Pacing", "PipelineConfig",
     "StreamConfig", "TrackerConfig", "as_dict", "env_name", "load_config",
 ]
+
+
+# --- the settings reference in the README ---------------------------------------------------
+
+README_START = "<!-- settings: generated by `python -m stream_worker.config --readme README.md` -->"
+README_END = "<!-- /settings -->"
+
+
+def _rows(model: type[_BaseModel], where: tuple[str, ...] = ()) -> list[tuple[str, str, str, str]]:
+    rows = []
+    defaults = model()
+    for name, info in model.model_fields.items():
+        path = (*where, name)
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _BaseModel):
+            rows += _rows(annotation, path)
+            continue
+        value = getattr(defaults, name)
+        if isinstance(value, SecretStr):
+            shown = "(secret; environment only)"
+        elif isinstance(value, Enum):
+            shown = f"`{value.value}`"
+        elif isinstance(value, bool):
+            shown = f"`{str(value).lower()}`"
+        elif value is None or value == "":
+            shown = "none"
+        elif isinstance(value, tuple):
+            shown = "`" + ", ".join(str(v) for v in value) + "`"
+        else:
+            shown = f"`{value}`"
+        text = " ".join((info.description or "").split()).replace("|", "\\|").replace("``", "`")
+        rows.append((".".join(path), env_name(path), shown, text))
+    return rows
+
+
+def settings_reference() -> str:
+    """Every setting as a Markdown table: name, environment variable, default, meaning."""
+    lines = ["| setting | environment variable | default | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{name}` | `{env}` | {default} | {text} |" for name, env, default, text in _rows(FaceStreamConfig)]
+    return "\n".join(lines)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Print the settings reference, or write it into a README.")
+    parser.add_argument("--readme", type=Path, help="replace the generated section of this file")
+    args = parser.parse_args(argv)
+    table = settings_reference()
+    if args.readme is None:
+        print(table)
+        return 0
+    text = args.readme.read_text()
+    start, end = text.index(README_START), text.index(README_END)
+    args.readme.write_text(text[: start + len(README_START)] + "\n\n" + table + "\n\n" + text[end:])
+    print(f"updated {args.readme}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

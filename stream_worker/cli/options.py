@@ -73,6 +73,11 @@ GROUPS: dict[str, list[Flag]] = {
         Flag(("--oversize",), ("detector", "oversize_policy"), "what to do with images above --max-pixels",
              {"choices": [p.value for p in OversizePolicy]}),
     ],
+    "recovery": [
+        Flag(("--recover-with",), ("stream", "recovery_reference"),
+             "a complete MP4 from the same camera, whose decoder parameters play an MP4 cut before its index",
+             {"type": Path, "metavar": "FILE"}),
+    ],
     "gallery-db": [
         Flag(("--db",), ("gallery", "path"), "gallery database file", {"type": Path, "metavar": "PATH"}),
     ],

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from stream_worker.cli.files import readable_file
 from stream_worker.cli.options import add_config_options, add_options, bounded
 from stream_worker.cli.startup import parse_sources, stop_on_signals
 from stream_worker.config import FaceStreamConfig
@@ -24,7 +25,7 @@ def add_parsers(commands: Any) -> None:
     produce.add_argument("--gop-frames", type=bounded(int, 1, 10_000, "--gop-frames"), default=25, help="h264: frames per message (default %(default)s)")
     produce.add_argument("--jpeg-quality", type=bounded(int, 1, 100, "--jpeg-quality"), default=90, help="default %(default)s")
     produce.add_argument("--realtime", action="store_true", help="pace a file at its frame rate, like a camera")
-    add_options(produce, "bootstrap", "produce")
+    add_options(produce, "bootstrap", "produce", "recovery")
     add_config_options(produce)
     produce.set_defaults(handler=run)
 
@@ -49,9 +50,11 @@ def run(args: argparse.Namespace, settings: FaceStreamConfig) -> int:
     from stream_worker.local.sources import open_source
 
     [(stream_id, uri)] = parse_sources([args.source])
+    if settings.stream.recovery_reference is not None:
+        readable_file(settings.stream.recovery_reference, "stream.recovery_reference (--recover-with)", max_bytes=1 << 50)
     config = settings.kafka
     ensure_topics(config)
-    source = open_source(stream_id, uri)
+    source = open_source(stream_id, uri, recovery_reference=settings.stream.recovery_reference)
     stop = stop_on_signals()
     producer = make_producer(config)
     fps = video_fps(uri)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stream_worker.cli.files import writable_dir, writable_file
+from stream_worker.cli.files import readable_file, writable_dir, writable_file
 from stream_worker.cli.options import add_config_options, add_options, given
 from stream_worker.cli.startup import parse_sources, stop_on_signals
 from stream_worker.config import FaceStreamConfig
@@ -30,7 +30,7 @@ def add_parsers(commands: Any) -> None:
     run.add_argument("--video-out", type=Path, help="annotated video (one file per stream when several)")
     run.add_argument("--thumbnails", type=Path, help="folder for each track's best shot")
     run.add_argument("--control-file", type=Path, help="add/remove streams while running: lines 'add ID URI', 'remove ID'")
-    add_options(run, "gallery", "kafka-out", "metrics", "runtime", "models")
+    add_options(run, "gallery", "kafka-out", "metrics", "runtime", "models", "recovery")
     add_config_options(run)
     run.set_defaults(handler=run_worker)
 
@@ -58,6 +58,8 @@ def run_worker(args: argparse.Namespace, config: FaceStreamConfig) -> int:
         writable_file(args.video_out, "--video-out")
     if args.thumbnails is not None:
         writable_dir(args.thumbnails, "--thumbnails", create=True)
+    if config.stream.recovery_reference is not None:
+        readable_file(config.stream.recovery_reference, "stream.recovery_reference (--recover-with)", max_bytes=1 << 50)
     from tqdm import tqdm
 
     from engines.runtime.engine import EngineRuntime

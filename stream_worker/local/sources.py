@@ -8,14 +8,13 @@ A source yields :class:`Frame` objects from :meth:`Source.frames`. Errors are ty
 - :class:`CorruptSourceError` (skippable): a file that is not a decodable video.
 
 Corrupt packets inside a video are skipped and counted (``corrupt_packets``), so a damaged
-recording plays to its end instead of stopping at the first bad packet.
+recording plays to its end instead of stopping at the first bad packet. An MP4 cut short
+before its index was written is played from the frames it holds (:mod:`.recovery`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ import cv2
 
 from engines.errors import FaceStreamError, InvalidImageError
 from engines.image import read_image_file
+from stream_worker.local.recovery import MediaData, RecoveredMp4, UnrecoverableVideoError, mdat_without_index
 from stream_worker.messages.results import StreamGap
 from stream_worker.pipeline.frames import Frame, now_utc
 
@@ -62,39 +62,14 @@ def _redact(text: str, uri: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-def mp4_without_index(path: Path) -> bool:
-    """True for a file that starts as MP4/MOV (an ``ftyp`` box) but holds no ``moov`` box: a
-    recording whose writer stopped before it wrote the index at the end."""
-    try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            position = 0
-            while position + 8 <= size:
-                f.seek(position)
-                header = f.read(16)
-                length, kind = struct.unpack(">I4s", header[:8])
-                if position == 0 and kind != b"ftyp":
-                    return False
-                if kind == b"moov":
-                    return False
-                if length == 1 and len(header) == 16:
-                    length = struct.unpack(">Q", header[8:16])[0]
-                elif length == 0:
-                    length = size - position
-                if length < 8:
-                    break
-                position += length
-            return position > 0
-    except OSError:
-        return False
-
-
 class VideoSource:
     """A video file, or a live stream (RTSP/HTTP/...) decoded by PyAV with threaded decoding."""
 
     def __init__(self, stream_id: str, uri: str, *, live: bool, open_timeout_ms: int = 10_000,
-                 reconnect_min_ms: int = 500, reconnect_max_ms: int = 30_000) -> None:
+                 reconnect_min_ms: int = 500, reconnect_max_ms: int = 30_000,
+                 recovery_reference: Path | None = None) -> None:
         self.stream_id, self.uri, self.live = stream_id, uri, live
+        self.recovery_reference = recovery_reference
         self.open_timeout_ms = open_timeout_ms
         self.reconnect_min_ms, self.reconnect_max_ms = reconnect_min_ms, reconnect_max_ms
         self.corrupt_packets = 0
@@ -111,14 +86,6 @@ class VideoSource:
         except FileNotFoundError:
             raise CorruptSourceError(f"{self.stream_id}: no such file {self.uri}") from None
         except av.error.InvalidDataError as exc:
-            if not self.live and mp4_without_index(Path(self.uri)):
-                raise CorruptSourceError(
-                    f"{self.stream_id}: {self.uri} is an MP4 recording cut short before its index (moov) was written: "
-                    "the index says where each frame is and holds the decoder's parameters, so nothing in the file "
-                    "can be decoded without it. Recover it with a tool that borrows the index of a complete "
-                    "recording from the same camera (for example untrunc), and record to MPEG-TS, Matroska or "
-                    "fragmented MP4, which stay playable up to where they are cut"
-                ) from None
             raise CorruptSourceError(
                 _redact(f"{self.stream_id}: {self.uri} is not a decodable video ({exc})", self.uri)
             ) from None
@@ -154,8 +121,29 @@ class VideoSource:
                 gap = None
                 index += 1
 
+    def _recover(self, media: MediaData, stop: threading.Event) -> Iterator[Frame]:
+        """The frames of an MP4 cut before its index (see stream_worker.local.recovery)."""
+        log.warning("%s: %s is an MP4 recording cut short before its index was written; playing the frames it holds",
+                    self.stream_id, self.uri)
+        recovered = RecoveredMp4(Path(self.uri), media, self.recovery_reference)
+        index = 0
+        try:
+            for frame in recovered.frames(stop):
+                self.corrupt_packets = recovered.corrupt_packets
+                yield Frame(self.stream_id, index, frame.pts_ms, frame.image, now_utc())
+                index += 1
+        except UnrecoverableVideoError as exc:
+            raise CorruptSourceError(f"{self.stream_id}: {exc}") from None
+        finally:
+            self.corrupt_packets = recovered.corrupt_packets
+        log.info("%s: recovered %d frames from %s", self.stream_id, index, self.uri)
+
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         if not self.live:
+            media = mdat_without_index(Path(self.uri))
+            if media is not None:
+                yield from self._recover(media, stop)
+                return
             container = self._open()
             try:
                 yield from self._decode(container, stop, 0, None)
@@ -260,9 +248,9 @@ SourceFactory = Callable[[str, str], Source]
 
 
 def open_source(stream_id: str, uri: str, *, open_timeout_ms: int = 10_000, reconnect_min_ms: int = 500,
-                reconnect_max_ms: int = 30_000) -> Source:
+                reconnect_max_ms: int = 30_000, recovery_reference: Path | None = None) -> Source:
     """The source for a URI: ``rtsp://...`` (and other live schemes), ``webcam:N``, a folder of
-    images, or a video file path."""
+    images, or a video file path (``recovery_reference``: see stream.recovery_reference)."""
     scheme = urlparse(uri).scheme.lower()
     if scheme == "webcam":
         try:
@@ -275,4 +263,4 @@ def open_source(stream_id: str, uri: str, *, open_timeout_ms: int = 10_000, reco
     path = Path(uri[7:] if scheme == "file" else uri)
     if path.is_dir():
         return FolderSource(stream_id, path)
-    return VideoSource(stream_id, str(path), live=False)
+    return VideoSource(stream_id, str(path), live=False, recovery_reference=recovery_reference)

@@ -180,7 +180,7 @@ class Worker:
         cfg = self.config
         source = self.source_factory(
             stream_id, uri, open_timeout_ms=cfg.open_timeout_ms, reconnect_min_ms=cfg.reconnect_min_ms,
-            reconnect_max_ms=cfg.reconnect_max_ms,
+            reconnect_max_ms=cfg.reconnect_max_ms, recovery_reference=cfg.recovery_reference,
         )
         pacing = cfg.pacing
         if pacing is Pacing.AUTO:
