@@ -352,8 +352,9 @@ def inband_parameters(data: bytes | mmap.mmap, media: MediaData) -> Parameters |
                     ids = {pps_id(codec, bytes(data[o : o + n])) for o, n in run
                            if nal_type(codec, data[o : o + 1]) == _PPS_TYPE[codec]}
                     ids = frozenset(i for i in ids if i is not None)
-                    rules = UnitRules(codec, max_length=_max_length(_coded_size(codec, data, run)), pps_ids=ids)
                     after = MediaData(run[0][0] - 4, limit.end)
+                    size = _coded_size(codec, data, nal_units(data, after, UnitRules(codec, pps_ids=ids)))
+                    rules = UnitRules(codec, max_length=_max_length(size), pps_ids=ids)
                     units = zip(nal_units(data, after, rules), range(LEARN_UNITS))
                     sample = [bytes(data[o : o + n]) for (o, n), _ in units]
                     rules = learn_rules(codec, sample, pps_ids=ids) if len(sample) >= LEARN_UNITS // 10 else rules
@@ -363,14 +364,18 @@ def inband_parameters(data: bytes | mmap.mmap, media: MediaData) -> Parameters |
     return None
 
 
-def _coded_size(codec: str, data: bytes | mmap.mmap, parameter_sets: list[tuple[int, int]]) -> tuple[int, int]:
-    """The picture size the parameter sets declare (FFmpeg reads them)."""
+def _coded_size(codec: str, data: bytes | mmap.mmap, units: Iterator[tuple[int, int]]) -> tuple[int, int]:
+    """The picture size of the first frame FFmpeg decodes from ``units`` (the parameter sets
+    and what follows them); (0, 0) if none decodes within 64 units."""
     decoder = av.CodecContext.create(codec, "r")
+    stream = b"".join(START_CODE + bytes(data[o : o + n]) for (o, n), _ in zip(units, range(64)))
     try:
-        decoder.parse(b"".join(START_CODE + bytes(data[o : o + n]) for o, n in parameter_sets) + START_CODE)
+        for packet in [*decoder.parse(stream), *decoder.parse(None), None]:
+            for frame in decoder.decode(packet):
+                return frame.width, frame.height
     except av.error.FFmpegError:
         pass
-    return decoder.width, decoder.height
+    return 0, 0
 
 
 def _max_length(size: tuple[int, int]) -> int:
