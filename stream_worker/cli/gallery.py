@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,7 +180,9 @@ def _run_gallery(args: argparse.Namespace, config: FaceStreamConfig, analyzer: A
             except UnicodeDecodeError:
                 raise GalleryError(f"{args.file}: not a text file (a gallery export is JSON lines)") from None
         elif command == "calibrate":
-            return _calibrate(args, gallery, analyzer())
+            from engines.runtime.engine import available_cpus
+
+            return _calibrate(args, gallery, analyzer(), config.runtime.workers or available_cpus())
     return 0
 
 
@@ -251,7 +254,7 @@ def _enrol(args: argparse.Namespace, gallery: Gallery, embedder: FaceAnalyzer) -
     return 1 if refused else 0
 
 
-def _calibrate(args: argparse.Namespace, gallery: Gallery, analyzer: FaceAnalyzer) -> int:
+def _calibrate(args: argparse.Namespace, gallery: Gallery, analyzer: FaceAnalyzer, workers: int) -> int:
     with args.pairs.open() as f:
         rows = list(csv.DictReader(f))
     missing = {"path_a", "path_b", "same"} - set(rows[0] if rows else {})
@@ -259,16 +262,24 @@ def _calibrate(args: argparse.Namespace, gallery: Gallery, analyzer: FaceAnalyze
         raise ConfigError(f"{args.pairs}: missing column(s) {', '.join(sorted(missing))}")
     root = args.pairs.parent
     photos = sorted({r[k] for r in rows for k in ("path_a", "path_b")})
-    embeddings: dict[str, np.ndarray] = {}
-    for photo in tqdm(photos, desc="embedding photos", unit="photo", disable=None, file=sys.stderr):
+
+    def embed(photo: str) -> np.ndarray | None:
         try:
-            _, attributes = analyzer.largest_face(root / photo)
+            return analyzer.largest_face(root / photo)[1].embeddings[0]
         except FaceStreamError as exc:
             if not exc.skippable:
                 raise
             log.warning("skipping pairs with %s: %s", photo, exc)
-            continue
-        embeddings[photo] = attributes.embeddings[0]
+            return None
+
+    embeddings: dict[str, np.ndarray] = {}
+    # Photos in parallel (decoding and alignment run beside the other photo's models).
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="calibrate") as pool:
+        done = pool.map(embed, photos)
+        for photo, embedding in tqdm(zip(photos, done), total=len(photos), desc="embedding photos", unit="photo",
+                                     disable=None, file=sys.stderr):
+            if embedding is not None:
+                embeddings[photo] = embedding
     usable = [r for r in rows if r["path_a"] in embeddings and r["path_b"] in embeddings]
     scores = np.array([embeddings[r["path_a"]] @ embeddings[r["path_b"]] for r in usable])
     same = np.array([r["same"].strip() in ("1", "true", "True") for r in usable])
