@@ -143,6 +143,7 @@ def test_bad_streams_do_not_stop_the_good_one(detector, multitask, faces_dir: Pa
     streams = result["summary"].streams  # type: ignore[attr-defined]
     assert streams["good"]["frames_processed"] == 275 and streams["good"]["error"] is None
     assert "not a decodable video" in streams["garbage"]["error"]
-    assert streams["truncated"]["error"]  # an MP4 cut before its index cannot be opened: said so
+    # an MP4 cut before its index whose parameters are not in the stream, with no reference: said so
+    assert "did not repeat the decoder's parameters" in streams["truncated"]["error"]
     assert streams["camera"]["error"] is None and streams["camera"]["frames_processed"] == 0
     assert "127.0.0.1:9" in caplog.text and "secret" not in caplog.text  # reported, credentials redacted

@@ -17,11 +17,9 @@ from stream_worker.local.sources import CorruptSourceError, FolderSource, open_s
 CLIP = "face_recognition/examples/short_hamilton_clip.mp4"
 
 
-@pytest.fixture(scope="module")
-def clip_ts(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The clip remuxed to MPEG-TS (streamable, so a cut file still plays up to the cut)."""
-    out = tmp_path_factory.mktemp("ts") / "clip.ts"
-    with av.open(str(faces_dir / CLIP)) as src, av.open(str(out), "w", format="mpegts") as dst:
+def remux(source: Path, out: Path, container: str, options: dict[str, str] | None = None) -> Path:
+    """``source``'s video packets, unchanged, in another container."""
+    with av.open(str(source)) as src, av.open(str(out), "w", format=container, options=options or {}) as dst:
         video = src.streams.video[0]
         stream = dst.add_stream_from_template(video)
         for packet in src.demux(video):
@@ -29,6 +27,12 @@ def clip_ts(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                 packet.stream = stream
                 dst.mux(packet)
     return out
+
+
+@pytest.fixture(scope="module")
+def clip_ts(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clip remuxed to MPEG-TS (streamable, so a cut file still plays up to the cut)."""
+    return remux(faces_dir / CLIP, tmp_path_factory.mktemp("ts") / "clip.ts", "mpegts")
 
 
 def test_file_frames_have_indices_and_timestamps(faces_dir: Path) -> None:
@@ -143,14 +147,7 @@ def test_recordings_cut_in_half_play_up_to_the_cut(faces_dir: Path, tmp_path: Pa
                                                    options: dict[str, str]) -> None:
     """What recorders write and a crash cuts short: Matroska, MP4 with its index first, and
     fragmented MP4 play the decodable part (MPEG-TS: the test above)."""
-    whole = tmp_path / f"clip.{container}"
-    with av.open(str(faces_dir / CLIP)) as src, av.open(str(whole), "w", format=container, options=options) as dst:
-        video = src.streams.video[0]
-        stream = dst.add_stream_from_template(video)
-        for packet in src.demux(video):
-            if packet.dts is not None:
-                packet.stream = stream
-                dst.mux(packet)
+    whole = remux(faces_dir / CLIP, tmp_path / f"clip.{container}", container, options)
     cut = tmp_path / f"cut.{container}"
     data = whole.read_bytes()
     cut.write_bytes(data[: len(data) // 2])

@@ -68,14 +68,16 @@ def test_realtime_pacing_drops_and_reports_gaps(detector, multitask, faces_dir: 
     assert all(b["frame_index"] > a["frame_index"] for a, b in zip(frames, frames[1:]))
 
 
-def test_control_file_adds_and_removes_streams(detector, multitask, faces_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_control_file_adds_and_removes_streams(detector, multitask, short_clip: tuple[Path, int],  # type: ignore[no-untyped-def]
+                                               tmp_path: Path) -> None:
     control = tmp_path / "control.txt"
     control.write_text("")
     worker = Worker(FacePipeline(detector, multitask, None), [JsonLinesSink(tmp_path / "out.jsonl")])
     stop = threading.Event()
     thread = threading.Thread(target=lambda: worker.run(control_file=control, stop=stop))
     thread.start()
-    control.write_text(f"add clip {faces_dir / CLIP}\nadd cam rtsp://127.0.0.1:9/x\nbogus line\n")
+    clip, frames = short_clip
+    control.write_text(f"add clip {clip}\nadd cam rtsp://127.0.0.1:9/x\nbogus line\n")
     deadline = time.monotonic() + 60
     while "clip" not in worker.finished and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -86,7 +88,7 @@ def test_control_file_adds_and_removes_streams(detector, multitask, faces_dir: P
         time.sleep(0.1)
     stop.set()
     thread.join(timeout=30)
-    assert worker.finished["clip"]["frames_processed"] == 275 and "cam" in worker.finished
+    assert worker.finished["clip"]["frames_processed"] == frames and "cam" in worker.finished
 
 
 def test_metrics_and_health_endpoints() -> None:
@@ -103,17 +105,18 @@ def test_metrics_and_health_endpoints() -> None:
         server.shutdown()
 
 
-def test_run_command(model_store: ModelStore, faces_dir: Path, tmp_path: Path) -> None:
+def test_run_command(model_store: ModelStore, short_clip: tuple[Path, int], tmp_path: Path) -> None:
     config = tmp_path / "worker.yaml"
     config.write_text("pipeline:\n  detect_every_frames: 4\n")
     printed = run(["run", "--source", "x.mp4", "--config", str(config), "--print-config"], model_store.home)
     assert json.loads(printed.stdout)["pipeline"]["detect_every_frames"] == 4
     out = tmp_path / "results.jsonl"
-    result = run(["run", "--source", f"clip={faces_dir / CLIP}", "--source", str(tmp_path / "missing.mp4"),
+    clip, frames = short_clip
+    result = run(["run", "--source", f"clip={clip}", "--source", str(tmp_path / "missing.mp4"),
                   "--out", str(out), "--thumbnails", str(tmp_path / "thumbs"), "--device", "cpu"], model_store.home)
     assert result.returncode == 1  # one stream failed; the other was processed whole
     summary = json.loads(result.stderr.strip().splitlines()[-1])["summary"]
-    assert summary["streams"]["clip"]["frames_processed"] == 275
+    assert summary["streams"]["clip"]["frames_processed"] == frames
     assert "no such file" in summary["streams"]["missing"]["error"]
     assert summary["engine"]["device"] == "cpu" and set(summary["stage_ms_per_frame"]) == {
         "detect", "analyze", "track", "identify"}
