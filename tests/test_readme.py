@@ -17,7 +17,7 @@ def test_exactly_two_setup_commands() -> None:
     commands = quick_start_commands()
     assert len(commands) == 2 and all("\n" not in c for c in commands)
     main_job, tests = commands
-    assert "pip install -e ." in main_job and "facestream run" in main_job and "--video-out" in main_job
+    assert "pip install -e '.[convert]'" in main_job and "facestream run" in main_job and "--video-out" in main_job
     assert "pytest" in tests
 
 
@@ -33,3 +33,11 @@ def test_readme_samples_exist() -> None:
     assert len(samples) == 3
     for sample in samples:
         assert (REPO / folder / sample).resolve().is_file()
+
+
+def test_the_settings_reference_is_the_generated_one() -> None:
+    from stream_worker.config import README_END, README_START, settings_reference
+
+    text = (REPO / "README.md").read_text()
+    section = text.split(README_START, 1)[1].split(README_END, 1)[0]
+    assert section.strip() == settings_reference(), "run `python -m stream_worker.config --readme README.md`"
