@@ -5,7 +5,7 @@ power cut or a full disk holds its coded frames (the ``mdat`` box) but not the t
 says where each frame is, nor the decoder's parameter sets (SPS/PPS, for HEVC also VPS).
 FFmpeg then opens nothing. What is still there, and how it is used:
 
-- The parameter sets, when the encoder repeats them in the stream before key frames (most
+- The parameter sets, when the encoder repeats them in the stream before key frames (many
   cameras do). Decoding starts at the first of them.
 - Otherwise the parameters of a complete recording from the same camera (same resolution
   and encoder settings), given as the reference (setting ``stream.recovery_reference``).
