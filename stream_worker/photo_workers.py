@@ -72,7 +72,10 @@ def _start(config: FaceStreamConfig, niceness: int, parent: int) -> None:
 
     if niceness:
         os.nice(niceness)
-    runtime = EngineRuntime(config.runtime)  # lives as long as the process
+    settings = config.runtime
+    if settings.release_memory is None:  # photos of every size: keep no buffers between calls
+        settings = settings.model_copy(update={"release_memory": True})
+    runtime = EngineRuntime(settings)  # lives as long as the process
     store = ModelStore.from_config(config.models)
     _analyzer = FaceAnalyzer(MTCNNDetector.create(config.detector, runtime=runtime, store=store),
                              MultiTaskNet.create(runtime=runtime, store=store))

@@ -55,6 +55,9 @@ class OrtBackend:
             fallback=fallback,
             threads=threads,
         )
+        self._run_options = ort.RunOptions()
+        if runtime.release_memory:
+            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
         log.debug("loaded %s", self.info.describe())
@@ -62,7 +65,7 @@ class OrtBackend:
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         names = list(outputs) if outputs is not None else list(self.output_names)
         try:
-            values = self._session.run(names, dict(feeds))
+            values = self._session.run(names, dict(feeds), self._run_options)
         except Exception as exc:
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
             raise BackendError(f"{self.info.model} failed on inputs {shapes}: {exc}") from exc

@@ -123,3 +123,27 @@ def test_cuda_backend_matches_cpu(model_store: ModelStore) -> None:
     x = np.random.default_rng(0).uniform(-1, 1, (16, 24, 24, 3)).astype(np.float32)
     for name, value in gpu.run({"image": x}).items():
         np.testing.assert_allclose(value, cpu.run({"image": x})[name], atol=1e-4)
+
+
+def _resident_mib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads resident memory from /proc (Linux)")
+def test_release_memory_gives_buffers_back_after_each_call(model_store: ModelStore, faces_dir) -> None:  # type: ignore[no-untyped-def]
+    """A large photo leaves the detector holding its buffers, unless release_memory is on."""
+    from engines.image import read_image_file
+    from engines.mtcnn.detector import MTCNNDetector
+
+    small = read_image_file(faces_dir / "face_recognition/examples/two_people.jpg")
+    large = np.ascontiguousarray(np.tile(small, (4, 4, 1))[:2000, :3000])
+    kept = {}
+    for release in (False, True):
+        detector = MTCNNDetector.create(runtime=EngineRuntime(RuntimeConfig(release_memory=release)),
+                                        store=model_store)
+        detector.detect(small)
+        before = _resident_mib()
+        assert len(detector.detect(large)) >= 2
+        kept[release] = _resident_mib() - before
+    assert kept[False] > 200 and kept[True] < kept[False] / 5, kept
