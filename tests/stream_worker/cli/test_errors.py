@@ -107,6 +107,31 @@ def test_run_checks_its_outputs_before_it_starts(model_store: ModelStore, faces_
     assert result.returncode == 2 and message.format(tmp=tmp_path) in result.stderr, result.stderr
 
 
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Path:
+    """A folder this process cannot write: made read-only by its mode, or (as root, which
+    ignores modes) a read-only file system the machine has."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+        return folder
+    for candidate in (Path("/proc/sys"), Path("/sys/fs/cgroup")):
+        if candidate.is_dir() and not os.access(candidate, os.W_OK):
+            return candidate
+    pytest.skip("running as root with no read-only folder to write into")
+
+
+@pytest.mark.parametrize("flag, name", [("--out", "out.jsonl"), ("--video-out", "v.mp4"), ("--thumbnails", "t")])
+def test_run_refuses_a_read_only_folder_before_it_starts(model_store: ModelStore, faces_dir: Path, read_only_dir: Path,
+                                                         flag: str, name: str) -> None:
+    result = no_traceback(run(["run", "--source", str(faces_dir / CLIP), flag, str(read_only_dir / name)],
+                              model_store.home))
+    assert result.returncode == 2, result.stderr
+    expected = ("cannot create the folder" if flag == "--thumbnails"
+                else f"{flag}: the folder {read_only_dir} cannot be written (read-only or permissions)")
+    assert expected in result.stderr and not (read_only_dir / name).exists()
+
+
 @pytest.mark.parametrize("sources, message", [
     (["a:b={clip}", "a_b={clip}"], "stream id 'a:b' is not valid"),
     (["..={clip}"], "stream id '..' is not valid"),
