@@ -57,17 +57,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def clip_frames(hamilton_frames: list[Frame]) -> list[Frame]:
-    return hamilton_frames
-
-
-@pytest.fixture(scope="module")
-def master_gallery(hamilton_gallery: Gallery) -> Gallery:
-    """The operator's gallery: Lin and Alex enrolled from their photos."""
-    return hamilton_gallery
-
-
 def kafka_config(broker: TansuBroker, name: str, **extra: Any) -> KafkaConfig:
     """Topics and group of one test, so tests sharing the broker do not see each other."""
     topics = {f"{kind}_topic": f"{name}.{kind}" for kind in
@@ -163,15 +152,15 @@ def named_frames(records: list[dict[str, Any]]) -> dict[int, set[str]]:
 
 
 @pytest.fixture(scope="module")
-def file_run(detector, multitask, master_gallery: Gallery, clip_frames: list[Frame]) -> dict[int, set[str]]:  # type: ignore[no-untyped-def]
+def file_run(detector, multitask, hamilton_gallery: Gallery, hamilton_frames: list[Frame]) -> dict[int, set[str]]:  # type: ignore[no-untyped-def]
     """Who is named on each frame when the clip is read from the file."""
-    pipeline = FacePipeline(detector, multitask, master_gallery)
-    return named_frames([output.result.to_json() for frame in clip_frames for output in pipeline.process([frame])])
+    pipeline = FacePipeline(detector, multitask, hamilton_gallery)
+    return named_frames([output.result.to_json() for frame in hamilton_frames for output in pipeline.process([frame])])
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "h264"])
 def test_end_to_end_every_frame_has_a_result_and_identities_match_the_file_run(  # type: ignore[no-untyped-def]
-    broker: TansuBroker, detector, multitask, master_gallery: Gallery, clip_frames: list[Frame],
+    broker: TansuBroker, detector, multitask, hamilton_gallery: Gallery, hamilton_frames: list[Frame],
     file_run: dict[int, set[str]], tmp_path: Path, fmt: str,
 ) -> None:
     # small polls and a short interval: many checkpoints, so that several refer to one best shot
@@ -179,15 +168,15 @@ def test_end_to_end_every_frame_has_a_result_and_identities_match_the_file_run( 
     ensure_topics(config)
     publisher = GalleryPublisher(make_producer(config), config.gallery_topic)
     for identity in ("lin", "alex"):
-        publisher.publish_identity(master_gallery, identity)
-    publish(config, clip_frames, fmt)
+        publisher.publish_identity(hamilton_gallery, identity)
+    publish(config, hamilton_frames, fmt)
     gallery = Gallery(tmp_path / "worker.db")  # empty: filled from the changelog
     stats = run_in_process(config, detector, multitask, gallery)
-    assert stats.frames == len(clip_frames) and stats.dead_letters == 0
+    assert stats.frames == len(hamilton_frames) and stats.dead_letters == 0
 
     results = read_topic(broker.bootstrap, config.detections_topic)
     frames = [json.loads(r.value) for r in results]
-    assert sorted(m["frame_index"] for m in frames) == list(range(len(clip_frames)))
+    assert sorted(m["frame_index"] for m in frames) == list(range(len(hamilton_frames)))
     for record, message in zip(results, frames):
         jsonschema.validate(message, schema_for(message["schema"]))
         headers = header_dict(record.headers)
@@ -251,13 +240,13 @@ def _by_event(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_killed_worker_replays_and_deduplicated_results_equal_a_clean_run(  # type: ignore[no-untyped-def]
-    broker: TansuBroker, model_store, master_gallery: Gallery, clip_frames: list[Frame], tmp_path: Path,
+    broker: TansuBroker, model_store, hamilton_gallery: Gallery, hamilton_frames: list[Frame], tmp_path: Path,
 ) -> None:
     frames_config = kafka_config(broker, "crash")
     ensure_topics(frames_config)
     publisher = GalleryPublisher(make_producer(frames_config), frames_config.gallery_topic)
-    publisher.publish_identity(master_gallery, "lin")
-    publish(frames_config, clip_frames)
+    publisher.publish_identity(hamilton_gallery, "lin")
+    publish(frames_config, hamilton_frames)
 
     def results_config(name: str) -> KafkaConfig:
         return KafkaConfig(**{**vars(frames_config), "group_id": name, "detections_topic": f"{name}.detections",
@@ -271,7 +260,7 @@ def test_killed_worker_replays_and_deduplicated_results_equal_a_clean_run(  # ty
              "the first worker to publish 130 frames", first)
     first.kill()
     killed_at = len(read_topic(broker.bootstrap, crashed.detections_topic))
-    assert killed_at < len(clip_frames), "the worker finished before it was killed"
+    assert killed_at < len(hamilton_frames), "the worker finished before it was killed"
     second = WorkerProcess(crashed, model_store.home, tmp_path / "crashed-2.log", idle_exit_ms=4000)
     assert second.wait(180) == 0, second.log.read_text()[-3000:]
     assert clean_worker.wait(180) == 0, clean_worker.log.read_text()[-3000:]
@@ -293,17 +282,17 @@ def test_killed_worker_replays_and_deduplicated_results_equal_a_clean_run(  # ty
     _, kept = state_topic(broker, crashed)  # the second worker removed what the killed one left
     assert kept and all(gone for _, gone in kept.values())
     frames = messages(broker, crashed.detections_topic)
-    assert {m["frame_index"] for m in frames} == set(range(len(clip_frames)))
+    assert {m["frame_index"] for m in frames} == set(range(len(hamilton_frames)))
     # Exactly what the killed worker published after its last checkpoint was replayed: the
     # second worker resumed at that checkpoint's offset (one frame per message, from 0).
     [resumed_at] = [int(n) for n in re.findall(r"resumed at offset (\d+)", second.log.read_text())]
     assert 0 < resumed_at <= killed_at
-    assert len(frames) - len(clip_frames) == killed_at - resumed_at
+    assert len(frames) - len(hamilton_frames) == killed_at - resumed_at
     assert any(m["type"] == "track_identified" for m in messages(broker, crashed.tracks_topic))
 
 
 def test_broker_outage_longer_than_the_session_loses_nothing(  # type: ignore[no-untyped-def]
-    broker: TansuBroker, model_store, clip_frames: list[Frame], tmp_path: Path,
+    broker: TansuBroker, model_store, hamilton_frames: list[Frame], tmp_path: Path,
 ) -> None:
     # Requests time out during the outage (request_timeout_ms < its length), so the clients
     # must reconnect, and the coordinator must see the member again.
@@ -311,7 +300,7 @@ def test_broker_outage_longer_than_the_session_loses_nothing(  # type: ignore[no
     ensure_topics(config)
     worker = WorkerProcess(config, model_store.home, tmp_path / "worker.log", metrics_port=free_port())
     wait_for(lambda: _healthy(worker) and bool(worker.health()["partitions"]), 60, "the worker to join", worker)
-    frames = clip_frames[:200]
+    frames = hamilton_frames[:200]
     publisher = threading.Thread(target=publish, args=(config, frames), kwargs={"realtime": True})
     publisher.start()
     wait_for(lambda: len(read_topic(broker.bootstrap, config.detections_topic)) >= 30, 60, "30 results", worker)
@@ -403,13 +392,13 @@ class PoisonedPipeline(FacePipeline):
 
 
 def test_a_fault_that_is_not_the_inputs_dead_letters_nothing_and_every_frame_gets_its_result(  # type: ignore[no-untyped-def]
-    broker: TansuBroker, detector, multitask, clip_frames: list[Frame],
+    broker: TansuBroker, detector, multitask, hamilton_frames: list[Frame],
 ) -> None:
     """A GPU fault mid-stream sends no good frame to the dead-letter topic and commits nothing
     past it: the worker turns unhealthy, goes back to its checkpoint and retries until the
     fault clears; then every frame has its result, identical to a run without the fault. A
     poison frame among the good ones (the input's fault) is the one dead letter."""
-    frames = clip_frames[:100]
+    frames = hamilton_frames[:100]
     base = kafka_config(broker, "fault", gallery_topic="")
     ensure_topics(base)
     publish(base, frames)
@@ -500,12 +489,12 @@ def malformed_messages(good_jpeg: bytes, h264_chunk: bytes, limit: int) -> list[
 
 
 def test_malformed_messages_go_to_the_dead_letter_topic_and_good_frames_are_all_processed(  # type: ignore[no-untyped-def]
-    broker: TansuBroker, detector, multitask, clip_frames: list[Frame],
+    broker: TansuBroker, detector, multitask, hamilton_frames: list[Frame],
 ) -> None:
     limit = 200_000
     config = kafka_config(broker, "malformed", gallery_topic="", max_message_bytes=limit)
     ensure_topics(config)
-    good = clip_frames[:60]
+    good = hamilton_frames[:60]
     jpeg = cv2.imencode(".jpg", good[0].image)[1].tobytes()
     producer = make_producer(KafkaConfig(**{**vars(config), "max_message_bytes": 4 * limit}))
     from stream_worker.kafka.produce import H264Chunker
@@ -564,7 +553,7 @@ def cameras_on_every_partition(partitions: int) -> list[str]:
 
 
 def test_two_workers_share_cameras_one_takes_over_a_frozen_one_which_then_finds_its_partitions_lost(  # type: ignore[no-untyped-def]
-    broker: TansuBroker, model_store, clip_frames: list[Frame], tmp_path: Path,
+    broker: TansuBroker, model_store, hamilton_frames: list[Frame], tmp_path: Path,
 ) -> None:
     config = kafka_config(broker, "group", gallery_topic="", frames_partitions=4)
     ensure_topics(config)
@@ -583,7 +572,7 @@ def test_two_workers_share_cameras_one_takes_over_a_frozen_one_which_then_finds_
 
         def camera_frames(start: int, count: int) -> list[Frame]:
             return [Frame(cam, f.index, f.pts_ms, f.image, f.received)
-                    for cam in cameras for f in clip_frames[start:start + count]]
+                    for cam in cameras for f in hamilton_frames[start:start + count]]
 
         first = camera_frames(0, 40)
         publish(config, first)
@@ -640,7 +629,7 @@ def test_two_workers_share_cameras_one_takes_over_a_frozen_one_which_then_finds_
 
 
 def test_gallery_changelog_enrol_reaches_every_worker_and_erasure_retracts(  # type: ignore[no-untyped-def]
-    broker: TansuBroker, model_store, faces_dir: Path, clip_frames: list[Frame], tmp_path: Path,
+    broker: TansuBroker, model_store, faces_dir: Path, hamilton_frames: list[Frame], tmp_path: Path,
 ) -> None:
     """Enrol and erase with `facestream gallery --publish` on worker A's own gallery file,
     while A and B (each in its own group, with its own gallery) run."""
@@ -665,7 +654,7 @@ def test_gallery_changelog_enrol_reaches_every_worker_and_erasure_retracts(  # t
     try:
         gallery_command("enrol", "--id", "lin", "--name", LIN, "--min-quality", "0",
                         str(faces_dir / EXAMPLES / "lin-manuel-miranda.png"))
-        lin_close_up = clip_frames[86:211]  # Lin in close-up (named from frame 156 when the stream starts at 86)
+        lin_close_up = hamilton_frames[86:211]  # Lin in close-up (named from frame 156 when the stream starts at 86)
         publish(base, [Frame("stage-1", f.index, f.pts_ms, f.image, f.received) for f in lin_close_up])
         for name, (config, worker) in workers.items():
             wait_for(lambda c=config: any((m.get("identity") or {}).get("name") == LIN
@@ -791,19 +780,19 @@ def test_run_publishes_a_file_sources_results_to_kafka(broker: TansuBroker, mode
 
 
 def test_a_restarted_producer_continues_the_numbering_and_retries_are_dropped(  # type: ignore[no-untyped-def]
-    broker: TansuBroker, detector, multitask, clip_frames: list[Frame],
+    broker: TansuBroker, detector, multitask, hamilton_frames: list[Frame],
 ) -> None:
     import dataclasses
     from datetime import timedelta
 
     config = kafka_config(broker, "restart", gallery_topic="")
     ensure_topics(config)
-    first = clip_frames[:40]
+    first = hamilton_frames[:40]
     publish(config, first)
     publish(config, first[30:])  # a producer's retry: the same messages again
     later = first[0].received + timedelta(minutes=5)  # the edge box rebooted: numbering from 0, newer pictures
     publish(config, [dataclasses.replace(f, index=f.index - 40, received=later + timedelta(milliseconds=33 * k))
-                     for k, f in enumerate(clip_frames[40:80])])
+                     for k, f in enumerate(hamilton_frames[40:80])])
     stats = run_in_process(config, detector, multitask, None)
     assert (stats.frames, stats.duplicates, stats.dead_letters) == (80, 10, 0)
     frames = messages(broker, config.detections_topic)
@@ -812,7 +801,7 @@ def test_a_restarted_producer_continues_the_numbering_and_retries_are_dropped(  
 
 
 def test_a_damaged_checkpoint_is_reported_and_the_partition_starts_fresh(  # type: ignore[no-untyped-def]
-    broker: TansuBroker, detector, multitask, clip_frames: list[Frame], caplog: pytest.LogCaptureFixture,
+    broker: TansuBroker, detector, multitask, hamilton_frames: list[Frame], caplog: pytest.LogCaptureFixture,
 ) -> None:
     from kafka.partitioner.default import murmur2
 
@@ -820,7 +809,7 @@ def test_a_damaged_checkpoint_is_reported_and_the_partition_starts_fresh(  # typ
 
     config = kafka_config(broker, "damaged", gallery_topic="")
     ensure_topics(config)
-    publish(config, clip_frames[:20])
+    publish(config, hamilton_frames[:20])
     partition = (murmur2(b"hamilton") & 0x7FFFFFFF) % config.frames_partitions
     damaged = {"format": CHECKPOINT_FORMAT, "topic": config.frames_topic, "partition": partition, "offset": 5,
                "worker": "old", "streams": {"hamilton": {"format": "facestream.stream-state/1", "last_frame": "x"}}}
