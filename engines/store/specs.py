@@ -29,14 +29,18 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ChipSpec:
-    """The aligned face crop a per-face model takes: dlib's 5-point chip geometry.
+    """The aligned face crop a per-face model takes.
 
-    ``size`` x ``size`` pixels; with ``padding`` p the template's unit square maps to
-    ``[p, 1 + p] / (1 + 2p)`` of the chip (dlib ``get_face_chip_details``).
+    ``size`` x ``size`` pixels. ``alignment`` ``dlib``: dlib's 5-point chip geometry; with
+    ``padding`` p the template's unit square maps to ``[p, 1 + p] / (1 + 2p)`` of the chip
+    (dlib ``get_face_chip_details``). ``arcface``: a similarity transform of the detector's
+    5 points (eyes, nose tip, mouth corners) onto the standard 112 px ArcFace template,
+    scaled to ``size`` (``padding`` unused).
     """
 
     size: int
     padding: float
+    alignment: str = "dlib"
 
 
 @dataclass(frozen=True)
