@@ -96,8 +96,29 @@ class RuntimeConfig(ConfigModel):
     reuse their buffers)."""
 
 
+class Recognizer(str, Enum):
+    """The identity recognizer: which network turns an aligned face into its embedding.
+    Each has its own embedding space; a gallery holds templates per space and searches the
+    running one only (``facestream gallery reembed`` moves a gallery to another)."""
+
+    DLIB = "dlib-resnet-v1"
+    """dlib's ResNet (128-D) on dlib 5-point chips."""
+    SFACE = "sface-2021dec"
+    """OpenCV Zoo's SFace (128-D) on ArcFace chips from the detector's landmarks."""
+    FUSED = "fused"
+    """Both; their cosines combined, each weighted by the inverse spread of its impostor scores."""
+
+
+DEFAULT_RECOGNIZER = Recognizer.SFACE
+"""The recognizer FaceStream runs unless configured otherwise (README, "Recognizers")."""
+
+
 class StoreConfig(ConfigModel):
-    """Where model weights live and how they are fetched."""
+    """Where model weights live and how they are fetched, and which recognizer runs."""
+
+    recognizer: Recognizer = DEFAULT_RECOGNIZER
+    """Identity recognizer: ``sface-2021dec``, ``dlib-resnet-v1`` or ``fused`` (README,
+    "Recognizers", has the measured comparison behind the default)."""
 
     home: Path | None = None
     """Model cache folder; none: the user cache folder (e.g. ``~/.cache/facestream``)."""

@@ -68,3 +68,80 @@ class FaceAligner:
     def points(shape: Any) -> np.ndarray:
         """(5, 2) float32 landmark coordinates of a dlib shape."""
         return np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], np.float32)
+
+
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+"""Where the 5 points (left eye, right eye, nose tip, left and right mouth corner; image
+left/right) go in a 112 px ArcFace chip: the template SFace and the ArcFace family expect."""
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2x3 similarity (rotation, uniform scale, translation) that maps ``src`` points onto
+    ``dst`` with the least squared error (Umeyama 1991, no reflection)."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    var_s = (s**2).sum() / len(src)
+    if var_s < 1e-12:
+        raise ValueError("the landmarks coincide; no alignment is possible")
+    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
+    sign = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
+    rotation = u @ sign @ vt
+    scale = float(np.trace(np.diag(sig) @ sign)) / var_s
+    matrix = np.empty((2, 3))
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = mu_d - scale * rotation @ mu_s
+    return matrix
+
+
+def _template_transform(points: np.ndarray, box: np.ndarray | None, template: np.ndarray) -> np.ndarray:
+    """The similarity taking ``points`` onto ``template``; for landmarks that coincide, the
+    one taking the 112 px ArcFace template laid over ``box`` (its side the box's) instead."""
+    try:
+        return similarity_transform(points, template)
+    except ValueError:
+        if box is None:
+            raise
+        x1, y1, x2, y2 = (float(v) for v in box)
+        scale = max(x2 - x1, y2 - y1, 1.0) / 112.0
+        laid = ARCFACE_TEMPLATE * scale + [(x1 + x2) / 2 - 56 * scale, (y1 + y2) / 2 - 56 * scale]
+        return similarity_transform(laid, template)
+
+
+def arcface_chip(rgb: np.ndarray, points: np.ndarray, size: int = 112, box: np.ndarray | None = None) -> np.ndarray:
+    """The ``size`` px chip whose 5 points (``points``, (5, 2) in image pixels) land on the
+    ArcFace template; pixels outside the image are black. Landmarks that coincide (a face
+    mostly outside the image) fall back to the template laid over ``box`` (x1, y1, x2, y2)."""
+    import cv2
+
+    matrix = _template_transform(points, box, ARCFACE_TEMPLATE * (size / 112.0))
+    return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=(0, 0, 0))
+
+
+STORED_CHIP_SIZE = 256
+"""Side of the face chip a gallery keeps per template (``gallery reembed`` re-runs any
+recognizer's alignment on it): the ArcFace template scaled to the central 128 px, so the
+eyes are about 40 px apart (as in dlib's 150 px chip) with a face's width of margin."""
+
+
+def stored_chip(image: np.ndarray, box: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An upright face chip for storage, with the face's box and 5 points in its pixels.
+
+    Returns (chip of ``STORED_CHIP_SIZE`` px, same colour order as ``image``; box (4,);
+    points (5, 2)). The box is the bounding box of the original box's rotated corners.
+    """
+    import cv2
+
+    size = STORED_CHIP_SIZE
+    matrix = _template_transform(points, box, ARCFACE_TEMPLATE * (size / 2 / 112.0) + size / 4)
+    chip = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=(0, 0, 0))
+    x1, y1, x2, y2 = (float(v) for v in box)
+    corners = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]) @ matrix[:, :2].T + matrix[:, 2]
+    mapped_box = np.clip(np.concatenate([corners.min(0), corners.max(0)]), 0, size).astype(np.float32)
+    mapped_points = (np.asarray(points, np.float64) @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+    return chip, mapped_box, mapped_points

@@ -1,9 +1,11 @@
 """One-to-one face verification with the identity embeddings.
 
-Scores are cosine similarities of L2-normalised embeddings (1: identical direction).
-For dlib's descriptors, the raw Euclidean distance d and the cosine c are related by
-d^2 = n1^2 + n2^2 - 2 n1 n2 c, with norms n ~ 1.37-1.53 on the shared photos; dlib's
-documented rule "same person below d = 0.6" corresponds to c of about 0.90-0.91 there.
+Scores are cosine similarities of L2-normalised embeddings (1: identical direction). Each
+recognizer has its own threshold (:attr:`RecognizerProfile.verify_threshold`, false-match
+rate 1e-3 on CelebA ``test``). For dlib's descriptors, the raw Euclidean distance d and
+the cosine c are related by d^2 = n1^2 + n2^2 - 2 n1 n2 c, with norms n ~ 1.37-1.53 on the
+shared photos; dlib's documented rule "same person below d = 0.6" corresponds to c of
+about 0.90-0.91 there.
 """
 
 from __future__ import annotations
@@ -12,14 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_SIMILARITY_THRESHOLD = 0.9169
-"""Cosine similarity at or above which two faces are called the same person.
+from engines.config import DEFAULT_RECOGNIZER
+from engines.multitask.recognizers import profile
 
-Chosen from data by ``benchmarks/eval_verification.py``: the threshold of maximum
-accuracy (midpoint of the widest best interval) on the 334 labelled pairs of
-``../shared/data/faces/pairs.csv``, with every face found, aligned and embedded by the
-full FaceStream pipeline. 10-fold cross-validation of the same rule gives the accuracy to
-expect on unseen pairs of similar photos (README, "Verification")."""
+DEFAULT_SIMILARITY_THRESHOLD = profile(DEFAULT_RECOGNIZER).verify_threshold
+"""Cosine similarity at or above which two faces of the default recognizer are called the
+same person (README, "Recognizers")."""
 
 
 def fit_threshold(scores: np.ndarray, same: np.ndarray) -> float:
@@ -43,7 +43,7 @@ class Verification:
     similarity: float
     """Cosine similarity of the L2-normalised embeddings."""
     distance: float
-    """Euclidean distance of dlib's raw descriptors (dlib's own scale; its rule is < 0.6)."""
+    """Euclidean distance of the raw descriptors (for dlib's, its own scale: its rule is < 0.6)."""
     threshold: float
     """The similarity threshold the decision used."""
 

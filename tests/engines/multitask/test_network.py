@@ -40,7 +40,7 @@ def dlib_dat(wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def test_embedding_matches_dlib_on_every_single_face_photo(
-    detector: MTCNNDetector, multitask: MultiTaskNet, model_store: ModelStore, dlib_dat: Path,
+    detector: MTCNNDetector, dlib_multitask: MultiTaskNet, model_store: ModelStore, dlib_dat: Path,
     single_face_paths: list[Path],
 ) -> None:
     """Oracle: on the same aligned chip, FaceStream's ONNX embedding equals dlib's descriptor
@@ -54,7 +54,7 @@ def test_embedding_matches_dlib_on_every_single_face_photo(
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         shape = aligner.landmarks(rgb, faces.boxes[int(np.argmax(faces.areas))])
         chip = aligner.chips(rgb, shape, [EMBEDDING.chip])[0]
-        ours = multitask._embedding.run({"chip": _normalise(chip[None], EMBEDDING)})["descriptor"][0]
+        ours = dlib_multitask._embedding.run({"chip": _normalise(chip[None], EMBEDDING)})["descriptor"][0]
         theirs = np.asarray(oracle.compute_face_descriptor(chip))
         worst = max(worst, float(np.abs(ours - theirs).max()))
     assert len(single_face_paths) >= 130
@@ -62,12 +62,13 @@ def test_embedding_matches_dlib_on_every_single_face_photo(
 
 
 def test_pipeline_descriptor_is_dlibs_descriptor(
-    detector: MTCNNDetector, multitask: MultiTaskNet, model_store: ModelStore, dlib_dat: Path, read_face_image,  # type: ignore[no-untyped-def]
+    detector: MTCNNDetector, dlib_multitask: MultiTaskNet, model_store: ModelStore, dlib_dat: Path,
+    read_face_image,  # type: ignore[no-untyped-def]
 ) -> None:
     """The full call (alignment included) gives dlib's descriptor for dlib's own landmarks."""
     bgr = read_face_image("face_recognition/examples/two_people.jpg")
     faces = detector.detect(bgr)
-    attributes = multitask.analyze([bgr], [faces])[0]
+    attributes = dlib_multitask.analyze([bgr], [faces])[0]
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     predictor = dlib.shape_predictor(str(model_store.bundle_dir(MULTITASK) / SHAPE_PREDICTOR_FILE))
     oracle = dlib.face_recognition_model_v1(str(dlib_dat))
