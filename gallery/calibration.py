@@ -68,3 +68,52 @@ def calibrate(scores: np.ndarray, same: np.ndarray, target_fmr: float = DEFAULT_
         impostor_std=float(impostor.std(ddof=1)),
         genuine_mean=float(genuine.mean()),
     )
+
+
+def labelled_pair_scores(
+    embeddings: np.ndarray, labels: np.ndarray, *, max_impostors: int = 2_000_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pair scores of a labelled photo set: every same-label pair, and every different-label
+    pair or, when there are more than ``max_impostors``, that many drawn at random (seeded,
+    without repeats). Returns (scores, same) as :func:`calibrate` takes them."""
+    embeddings = np.asarray(embeddings, np.float32)
+    labels = np.asarray(labels)
+    n = len(labels)
+    if embeddings.shape[0] != n:
+        raise ValueError(f"{embeddings.shape[0]} embeddings but {n} labels")
+    rows, cols = np.triu_indices(n, 1) if n * (n - 1) // 2 <= 4 * max_impostors else (None, None)
+    if rows is not None:
+        same = labels[rows] == labels[cols]
+        genuine_pairs = (rows[same], cols[same])
+        impostor_pairs = (rows[~same], cols[~same])
+        if len(impostor_pairs[0]) > max_impostors:
+            pick = np.random.default_rng(seed).choice(len(impostor_pairs[0]), max_impostors, replace=False)
+            impostor_pairs = (impostor_pairs[0][pick], impostor_pairs[1][pick])
+    else:  # too many pairs to list: genuine pairs per label, impostors drawn at random
+        order = np.argsort(labels, kind="stable")
+        bounds = np.flatnonzero(labels[order][1:] != labels[order][:-1]) + 1
+        groups = np.split(order, bounds)
+        g = [np.triu_indices(len(m), 1) for m in groups]
+        genuine_pairs = (np.concatenate([m[i] for m, (i, _) in zip(groups, g)]),
+                         np.concatenate([m[j] for m, (_, j) in zip(groups, g)]))
+        rng = np.random.default_rng(seed)
+        drawn: set[tuple[int, int]] = set()
+        while len(drawn) < max_impostors:
+            a, b = rng.integers(0, n, (2, max_impostors))
+            for i, j in zip(np.minimum(a, b), np.maximum(a, b)):
+                if i != j and labels[i] != labels[j]:
+                    drawn.add((int(i), int(j)))
+                    if len(drawn) == max_impostors:
+                        break
+        pairs = np.array(sorted(drawn))
+        impostor_pairs = (pairs[:, 0], pairs[:, 1])
+    chunk = 1 << 20  # pairs scored at a time (bounds memory)
+    scores = [
+        np.concatenate([np.zeros(0, np.float32)] + [
+            np.einsum("ij,ij->i", embeddings[a[k : k + chunk]], embeddings[b[k : k + chunk]])
+            for k in range(0, len(a), chunk)
+        ])
+        for a, b in (genuine_pairs, impostor_pairs)
+    ]
+    same_out = np.concatenate([np.ones(len(scores[0]), bool), np.zeros(len(scores[1]), bool)])
+    return np.concatenate(scores).astype(np.float64), same_out

@@ -1,27 +1,33 @@
 """Shipped default decision thresholds, one per embedding model.
 
-Computed with ``facestream gallery calibrate --pairs ../shared/data/faces/pairs.csv``
-(target FMR 1e-3): the 334 labelled pairs of the shared set, each photo's largest face
-through the full pipeline (MTCNN, dlib 5-point alignment, the embedding net). Galleries
-calibrated on the operator's own pairs store their own threshold, which takes precedence.
+Computed by ``benchmarks/eval_recognizers.py`` (the same rule as ``facestream gallery
+calibrate --labels``): the empirical impostor quantile at a false-match rate (FMR) of 1e-3
+on the CelebA ``test`` split of ``../shared/data/face_train`` (1,750 photos of 350 people:
+3,492 same-person and 1,523,386 different-person pairs with a face found; research
+licence, used to measure only). Each photo's largest face went through the full pipeline
+(MTCNN, the recognizer's alignment and network). Galleries calibrated on the operator's
+own data store their own threshold, which takes precedence.
 """
 
 from __future__ import annotations
 
-from engines.store.catalog import EMBEDDING_MODEL_ID
+from engines.config import Recognizer
+from engines.multitask.recognizers import profile
 from gallery.calibration import Calibration
 
+_PAIRS = {"genuine_pairs": 3492, "impostor_pairs": 1523386, "target_fmr": 1e-3, "method": "empirical"}
+
 DEFAULT_CALIBRATIONS: dict[str, Calibration] = {
-    EMBEDDING_MODEL_ID: Calibration(
-        threshold=0.9353,
-        target_fmr=1e-3,
-        method="normal fit to impostor scores",
-        genuine_pairs=167,
-        impostor_pairs=167,
-        fmr=0.0,
-        fnmr=0.024,
-        impostor_mean=0.8354,
-        impostor_std=0.0323,
-        genuine_mean=0.9661,
+    profile(Recognizer.DLIB).model_id: Calibration(
+        threshold=0.9286, fmr=1e-3, fnmr=0.1578,
+        impostor_mean=0.8318, impostor_std=0.0382, genuine_mean=0.9472, **_PAIRS,  # type: ignore[arg-type]
+    ),
+    profile(Recognizer.SFACE).model_id: Calibration(
+        threshold=0.3926, fmr=1e-3, fnmr=0.0828,
+        impostor_mean=0.1099, impostor_std=0.0907, genuine_mean=0.6051, **_PAIRS,  # type: ignore[arg-type]
+    ),
+    profile(Recognizer.FUSED).model_id: Calibration(
+        threshold=0.7532, fmr=1e-3, fnmr=0.0719,
+        impostor_mean=0.6152, impostor_std=0.0440, genuine_mean=0.8445, **_PAIRS,  # type: ignore[arg-type]
     ),
 }

@@ -12,6 +12,7 @@ import numpy as np
 
 from engines.errors import InvalidImageError
 from engines.image import MAX_DECODE_PIXELS
+from gallery.chips import FaceChip
 from gallery.config import EnrolPolicy
 from gallery.errors import EnrolmentRefusedError
 from gallery.gallery import Gallery, Match
@@ -24,6 +25,8 @@ class FaceSample:
     embedding: np.ndarray
     quality: float
     box: tuple[float, float, float, float]
+    chip: FaceChip | None = None
+    """The face, upright, kept with an enrolled template (``gallery reembed`` needs it)."""
 
 
 class FaceEmbedder(Protocol):
@@ -123,7 +126,7 @@ class PhotoEnroller:
                 face = self._face_for_enrolment(source, data)
                 ids = self.gallery.enrol(
                     identity_id, face.embedding[None], name=name, metadata=metadata,
-                    image_sha256=[digest], quality=[face.quality],
+                    image_sha256=[digest], quality=[face.quality], chips=[face.chip],
                 )
             except (EnrolmentRefusedError, InvalidImageError) as exc:
                 outcomes.append(EnrolOutcome(source, "refused", str(exc)))

@@ -6,15 +6,17 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engines.store.catalog import EMBEDDING_MODEL_ID
+from engines.config import DEFAULT_RECOGNIZER
+from engines.multitask.recognizers import profile, profile_for_model
 from gallery import validation as valid
+from gallery.chips import FaceChip
 from gallery.defaults import DEFAULT_CALIBRATIONS
 from gallery.errors import EnrolmentRefusedError, GalleryError
 from gallery.export import EXPORT_FORMAT, ExportHeader, embedding_array, parse_export
@@ -97,13 +99,18 @@ class Gallery:
         self,
         path: Path,
         *,
-        model: str = EMBEDDING_MODEL_ID,
-        dim: int = 128,
+        model: str | None = None,
+        dim: int | None = None,
         index: IndexConfig | None = None,
         threshold: float | None = None,
         create: bool = True,
     ) -> None:
         self.path = Path(path)
+        space = profile(DEFAULT_RECOGNIZER) if model is None else profile_for_model(model)
+        if model is None or dim is None:
+            if space is None:
+                raise GalleryError(f"unknown embedding model {model!r}: give its dimension")
+            model, dim = space.model_id, space.dim if dim is None else dim
         self.model = model
         self.dim = dim
         self.index_config = index or IndexConfig()
@@ -203,6 +210,7 @@ class Gallery:
         image_sha256: Sequence[str | None] | None = None,
         quality: Sequence[float | None] | None = None,
         refuse_near_duplicates: bool = True,
+        chips: Sequence[FaceChip | None] | None = None,
     ) -> list[int]:
         """Add templates (creating the identity if needed); returns the new template ids.
 
@@ -217,6 +225,7 @@ class Gallery:
         vectors = unit(embeddings, self.dim)
         hashes = list(image_sha256) if image_sha256 is not None else [None] * len(vectors)
         qualities = list(quality) if quality is not None else [None] * len(vectors)
+        face_chips = list(chips) if chips is not None else [None] * len(vectors)
         with self._lock:
             self._sync()
             keep = []
@@ -237,7 +246,7 @@ class Gallery:
             ids = self.store.add_templates(
                 identity_id, self.model, vectors[keep],
                 image_sha256=[hashes[i] for i in keep], quality=[qualities[i] for i in keep],
-                create=True, name=name, metadata=metadata,
+                create=True, name=name, metadata=metadata, chips=[face_chips[i] for i in keep],
             )
             self._names[identity_id] = self.store.identity(identity_id).name
             if self._wrote():  # rebuilt from the database, these templates included
@@ -278,6 +287,26 @@ class Gallery:
             self._wrote()
             self.save()  # the cache must not keep erased vectors on disk either
             return event
+
+    # --- re-embedding ----------------------------------------------------------------------
+
+    def reembed(self, embed: Callable[[FaceChip], np.ndarray], *,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+        """Add a template of this gallery's model for every stored face chip that has none yet
+        (``embed`` maps a chip to one embedding of this model). Idempotent: run it again after
+        an interruption and it continues. Returns counts: chips, added, already present."""
+        chips = list(self.store.chips())
+        added = present = 0
+        for done, stored in enumerate(chips, 1):
+            if self.model in stored.models:
+                present += 1
+            else:
+                vector = np.asarray(embed(stored.chip), np.float32)[None]
+                added += len(self.enrol(stored.identity_id, vector, image_sha256=[stored.image_sha256],
+                                        quality=[stored.quality], refuse_near_duplicates=False))
+            if progress is not None:
+                progress(done, len(chips))
+        return {"chips": len(chips), "added": added, "already_present": present}
 
     # --- search --------------------------------------------------------------------------
 

@@ -22,9 +22,11 @@ import numpy as np
 
 from engines.fileio import fsync_dir
 from gallery import validation as valid
+from gallery.chips import FaceChip
 from gallery.errors import GalleryCorruptError, GalleryError, IdentityNotFoundError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added ``chips`` (a version 1 gallery is upgraded in place when opened)."""
 APPLICATION_ID = 0x46534731  # "FSG1": marks a FaceStream gallery file
 
 _SCHEMA = """
@@ -60,7 +62,20 @@ CREATE TABLE thresholds (
     calibration TEXT NOT NULL,
     created_utc TEXT NOT NULL
 );
+""" + """
+CREATE TABLE chips (
+    chip_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    identity_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+    image_sha256 TEXT NOT NULL,
+    jpeg BLOB NOT NULL,
+    geometry TEXT NOT NULL,
+    quality REAL,
+    created_utc TEXT NOT NULL
+);
+CREATE UNIQUE INDEX chips_by_image ON chips(identity_id, image_sha256);
 """
+_CHIPS_FROM = 2
+"""The schema version that added the chips table (the part of ``_SCHEMA`` after the split)."""
 
 
 def utc_now() -> str:
@@ -93,6 +108,17 @@ class Template:
     image_sha256: str | None
     quality: float | None
     enrolled_utc: str
+
+
+@dataclass(frozen=True)
+class StoredChip:
+    chip_id: int
+    identity_id: str
+    image_sha256: str
+    chip: FaceChip
+    quality: float | None
+    models: frozenset[str]
+    """Embedding models with a template made from this chip's photo."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +164,13 @@ class GalleryStore:
             self._db.execute("PRAGMA secure_delete = ON")  # erased embeddings are overwritten, not left in free pages
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
+        if int(self._meta("schema_version")) < _CHIPS_FROM:
+            with self._transaction() as db:  # version 1 -> 2: the chips table
+                for statement in _SCHEMA.split("CREATE TABLE chips", 1)[1:]:
+                    for part in ("CREATE TABLE chips" + statement).split(";"):
+                        if part.strip():
+                            db.execute(part)
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -201,7 +234,7 @@ class GalleryStore:
         if app_id != APPLICATION_ID or "meta" not in tables:
             raise GalleryCorruptError(f"{self.path}: an SQLite database, but not a FaceStream gallery")
         version = int(self._meta("schema_version"))
-        if version != SCHEMA_VERSION:
+        if version not in (1, SCHEMA_VERSION):
             raise GalleryCorruptError(
                 f"{self.path}: gallery schema version {version}; this FaceStream reads version {SCHEMA_VERSION}"
             )
@@ -293,15 +326,18 @@ class GalleryStore:
         create: bool = False,
         name: str | None = None,
         metadata: dict[str, Any] | None = None,
+        chips: Sequence[FaceChip | None] | None = None,
     ) -> list[int]:
         """Add templates to an identity in one transaction; returns their ids. With ``create``,
         the identity is created (or its name/metadata updated) in the same transaction, so a
-        crash never leaves an identity without the templates it was created for."""
+        crash never leaves an identity without the templates it was created for. A template
+        with an image hash keeps its face chip (``chips``), once per identity and image."""
         identity_id = valid.identity_id(identity_id)
         embeddings = np.ascontiguousarray(embeddings, dtype="<f4")
         n = len(embeddings)
         hashes = list(image_sha256) if image_sha256 is not None else [None] * n
         qualities = list(quality) if quality is not None else [None] * n
+        face_chips = list(chips) if chips is not None else [None] * n
         now = utc_now()
         ids = []
         with self._transaction() as db:
@@ -309,13 +345,18 @@ class GalleryStore:
                 self._upsert(db, identity_id, name, metadata)
             elif db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone() is None:
                 raise IdentityNotFoundError(f"no identity '{identity_id}' in {self.path}")
-            for vector, digest, q in zip(embeddings, hashes, qualities):
+            for vector, digest, q, chip in zip(embeddings, hashes, qualities, face_chips):
                 cursor = db.execute(
                     "INSERT INTO templates (identity_id, model, embedding, image_sha256, quality, enrolled_utc) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     (identity_id, model, vector.tobytes(), digest, q, now),
                 )
                 ids.append(int(cursor.lastrowid))  # type: ignore[arg-type]
+                if chip is not None and digest:
+                    db.execute(
+                        "INSERT OR IGNORE INTO chips (identity_id, image_sha256, jpeg, geometry, quality, created_utc) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", (identity_id, digest, chip.jpeg, chip.geometry_json(), q, now),
+                    )
             db.execute("UPDATE identities SET updated_utc = ? WHERE id = ?", (now, identity_id))
         return ids
 
@@ -367,6 +408,25 @@ class GalleryStore:
             for r in self._db.execute("SELECT * FROM templates ORDER BY template_id"):
                 yield Template(r[0], r[1], r[2], np.frombuffer(r[3], dtype="<f4").copy(), r[4], r[5], r[6])
 
+    def chips(self) -> Iterator[StoredChip]:
+        """Every stored face chip, oldest first, with the models that have a template of it."""
+        with self._errors("read"):
+            rows = self._db.execute(
+                "SELECT c.chip_id, c.identity_id, c.image_sha256, c.jpeg, c.geometry, c.quality, "
+                "(SELECT group_concat(t.model, char(31)) FROM templates t "
+                " WHERE t.identity_id = c.identity_id AND t.image_sha256 = c.image_sha256) "
+                "FROM chips c ORDER BY c.chip_id"
+            ).fetchall()
+        for r in rows:
+            yield StoredChip(r[0], r[1], r[2], FaceChip.from_stored(r[3], r[4]), r[5],
+                             frozenset(r[6].split("\x1f")) if r[6] else frozenset())
+
+    def chip_count(self, identity_id: str | None = None) -> int:
+        with self._errors("read"):
+            if identity_id is None:
+                return int(self._db.execute("SELECT COUNT(*) FROM chips").fetchone()[0])
+            return int(self._db.execute("SELECT COUNT(*) FROM chips WHERE identity_id = ?", (identity_id,)).fetchone()[0])
+
     def template_counts(self) -> dict[str, int]:
         with self._errors("read"):
             return dict(self._db.execute("SELECT model, COUNT(*) FROM templates GROUP BY model").fetchall())
@@ -382,6 +442,7 @@ class GalleryStore:
                 raise IdentityNotFoundError(f"no identity '{identity_id}' in {self.path}")
             removed = [r[0] for r in db.execute("SELECT template_id FROM templates WHERE identity_id = ?", (identity_id,))]
             db.execute("DELETE FROM templates WHERE identity_id = ?", (identity_id,))
+            db.execute("DELETE FROM chips WHERE identity_id = ?", (identity_id,))
             db.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
             cursor = db.execute(
                 "INSERT INTO erasures (identity_id, templates_removed, erased_utc) VALUES (?, ?, ?)",

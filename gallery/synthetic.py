@@ -5,7 +5,9 @@ index. Instead, identity centres are drawn from a Gaussian fitted to real L2-nor
 embeddings (mean plus shrunk covariance), then normalised; each template and probe is a
 noisy sample around its centre, with the noise scaled so that two samples of one identity
 have the cosine similarity measured on real same-person pairs (0.966 on the shared
-``pairs.csv``).
+``pairs.csv``, with dlib's embedding: the generator models dlib's space; fitted to another
+recognizer's embeddings it keeps dlib's same-person spread, which is fine for timing and
+index checks, not for accuracy figures).
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def _start(config: FaceStreamConfig, niceness: int, parent: int) -> None:
     runtime = EngineRuntime(settings)  # lives as long as the process
     store = ModelStore.from_config(config.models)
     _analyzer = FaceAnalyzer(MTCNNDetector.create(config.detector, runtime=runtime, store=store),
-                             MultiTaskNet.create(runtime=runtime, store=store))
+                             MultiTaskNet.create(runtime=runtime, store=store, recognizer=config.models.recognizer))
 
 
 def _photo_faces(data: bytes, name: str, max_pixels: int) -> list[FaceSample]:

@@ -20,6 +20,7 @@ from engines.image import decode_image, read_image_file
 from engines.mtcnn.detector import MTCNNDetector
 from engines.multitask.attributes import FaceAttributes
 from engines.multitask.network import MultiTaskNet
+from gallery.chips import FaceChip
 from gallery.enrol import FaceSample
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,17 @@ class FaceAnalyzer:
         if attributes is None:
             raise ValueError("embedding faces needs the multi-task network")
         return [
-            FaceSample(attributes.embeddings[i], float(attributes.qualities[i]), tuple(float(v) for v in faces.boxes[i]))
+            FaceSample(attributes.embeddings[i], float(attributes.qualities[i]), tuple(float(v) for v in faces.boxes[i]),
+                       FaceChip.from_face(image, faces.boxes[i], faces.landmarks[i]))
             for i in range(len(faces))
         ]
+
+    def embed_chip(self, chip: FaceChip) -> np.ndarray:
+        """The embedding of a stored face chip (``gallery reembed``)."""
+        if self.multitask is None:
+            raise ValueError("embedding faces needs the multi-task network")
+        image, face = chip.decode()
+        return self.multitask.analyze([image], [face])[0].embeddings[0]
 
     def photo_faces(self, data: bytes, *, name: str, max_pixels: int) -> list[FaceSample]:
         """Every face of an encoded photo (the gallery's embedder protocol)."""

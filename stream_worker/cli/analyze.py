@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from engines.errors import FaceStreamError
+from engines.multitask.recognizers import profile
 from engines.multitask.verification import DEFAULT_SIMILARITY_THRESHOLD, Verification, verify
 from stream_worker.cli.options import (
     add_config_options,
@@ -46,9 +47,9 @@ def add_parsers(commands: Any) -> None:
     )
     verify_cmd.add_argument("image_a", type=Path, metavar="IMAGE_A")
     verify_cmd.add_argument("image_b", type=Path, metavar="IMAGE_B")
-    verify_cmd.add_argument("--threshold", type=similarity, default=DEFAULT_SIMILARITY_THRESHOLD,
-                            help="cosine similarity at or above which the faces are the same person "
-                            "(default %(default)s)")
+    verify_cmd.add_argument("--threshold", type=similarity, default=None,
+                            help="cosine similarity at or above which the faces are the same person (default: the "
+                            f"recognizer's, false-match rate 1e-3; {DEFAULT_SIMILARITY_THRESHOLD} for the default one)")
     add_pipeline_options(verify_cmd)
     add_config_options(verify_cmd)
     verify_cmd.set_defaults(handler=run_verify_command)
@@ -62,7 +63,8 @@ def run_analyze_command(args: argparse.Namespace, config: FaceStreamConfig) -> i
 
 def run_verify_command(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     with engine_runtime(config) as runtime:
-        return run_verify(face_analyzer(config, runtime, multitask=True), args.image_a, args.image_b, args.threshold,
+        threshold = args.threshold if args.threshold is not None else profile(config.models.recognizer).verify_threshold
+        return run_verify(face_analyzer(config, runtime, multitask=True), args.image_a, args.image_b, threshold,
                           sys.stdout)
 
 

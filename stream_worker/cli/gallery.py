@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from engines.config import Recognizer
 from engines.errors import ConfigError, FaceStreamError
 from engines.fileio import atomic_write_bytes
 from gallery import validation as valid
-from gallery.calibration import DEFAULT_TARGET_FMR, calibrate
+from gallery.calibration import DEFAULT_TARGET_FMR, calibrate, labelled_pair_scores
 from gallery.config import EnrolPolicy
 from gallery.errors import GalleryError
 from stream_worker.cli.files import read_image_bytes, readable_file, writable_file
@@ -31,6 +32,7 @@ from stream_worker.cli.options import (
     add_options,
     add_pipeline_options,
     bounded,
+    embedding_space,
     engine_runtime,
     face_analyzer,
     given,
@@ -85,9 +87,27 @@ def add_parsers(commands: Any) -> None:
     imp = actions.add_parser("import", help="load an export")
     imp.add_argument("file", type=Path, metavar="FILE")
 
+    reembed = actions.add_parser(
+        "reembed", help="move the gallery to another recognizer from its stored face chips (no photos needed)",
+        description="Adds, for every stored face chip, a template of the recognizer named by --model. Templates "
+        "of the old recognizer stay (switch back by configuration); with --publish every identity is published to "
+        "the changelog, so workers receive the new templates. Set models.recognizer to the new one afterwards.")
+    reembed.add_argument("--model", required=True, choices=[r.value for r in Recognizer],
+                         help="the recognizer to move to")
+    add_pipeline_options(reembed)
+
     cal = actions.add_parser("calibrate", help="set the decision threshold for a false-match rate from labelled pairs")
-    cal.add_argument("--pairs", type=Path, required=True,
-                     help="CSV with columns path_a, path_b, same (1/0); paths relative to the CSV's folder")
+    source = cal.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pairs", type=Path,
+                        help="CSV with columns path_a, path_b, same (1/0); paths relative to the CSV's folder")
+    source.add_argument("--labels", type=Path,
+                        help="CSV of labelled photos with columns path, identity (e.g. CelebA's labels): every "
+                        "same-identity pair and every different-identity pair (up to --max-impostors, drawn at "
+                        "random beyond) are scored; paths relative to the CSV's folder")
+    cal.add_argument("--split", help="with --labels: only the rows whose 'split' column has this value "
+                     "(calibrate on people the recognizer and you never tuned on)")
+    cal.add_argument("--max-impostors", type=positive_int, default=2_000_000,
+                     help="with --labels: most different-person pairs scored (default %(default)s)")
     cal.add_argument("--target-fmr", type=bounded(float, 1e-9, 0.5, "--target-fmr"), default=DEFAULT_TARGET_FMR,
                      help="default %(default)s")
     add_pipeline_options(cal)
@@ -101,6 +121,9 @@ def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     if config.gallery.path is None:
         raise ConfigError(f"name the gallery database with --db PATH (or {env_name(('gallery', 'path'))})")
     _check_arguments(args)  # before any model or gallery is opened
+    if args.gallery_command == "reembed":  # the gallery and the models of the target recognizer
+        target = Recognizer(args.model)
+        config = config.model_copy(update={"models": config.models.model_copy(update={"recognizer": target})})
     with contextlib.ExitStack() as stack:
 
         def analyzer() -> FaceAnalyzer:
@@ -132,7 +155,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if command == "import":
         readable_file(args.file, "the export to import")
     if command == "calibrate":
-        readable_file(args.pairs, "the pairs file")
+        readable_file(args.pairs or args.labels, "the pairs file" if args.pairs else "the labels file")
+        if args.split is not None and args.labels is None:
+            raise ConfigError("--split goes with --labels")
     if command == "export" and args.out is not None:
         writable_file(args.out, "the export")
 
@@ -143,7 +168,7 @@ def _run_gallery(args: argparse.Namespace, config: FaceStreamConfig, analyzer: A
 
     command = args.gallery_command
     with Gallery(config.gallery.path, create=command in ("enrol", "import", "calibrate"),
-                 threshold=config.gallery.threshold, index=config.gallery.index) as gallery:
+                 threshold=config.gallery.threshold, index=config.gallery.index, **embedding_space(config)) as gallery:
         if command == "enrol":
             status = _enrol(args, gallery, analyzer())
             if publisher is not None and any(i.id == args.identity for i in gallery.identities()):
@@ -179,11 +204,34 @@ def _run_gallery(args: argparse.Namespace, config: FaceStreamConfig, analyzer: A
                     _print(gallery.import_jsonl(f))
             except UnicodeDecodeError:
                 raise GalleryError(f"{args.file}: not a text file (a gallery export is JSON lines)") from None
+        elif command == "reembed":
+            _reembed(gallery, analyzer(), publisher)
         elif command == "calibrate":
             from engines.runtime.engine import available_cpus
 
             return _calibrate(args, gallery, analyzer(), config.runtime.workers or available_cpus())
     return 0
+
+
+def _reembed(gallery: Gallery, analyzer: FaceAnalyzer, publisher: Any) -> None:
+    with tqdm(desc=f"re-embedding face chips for {gallery.model}", unit="chip", disable=None, file=sys.stderr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(1)
+
+        result = gallery.reembed(analyzer.embed_chip, progress=progress)
+    without = [i.id for i in gallery.identities() if i.templates and gallery.model not in i.templates]
+    published = 0
+    if publisher is not None:
+        for identity in gallery.identities():
+            if gallery.model in identity.templates:
+                publisher.publish_identity(gallery, identity.id)
+                published += 1
+    if without:
+        log.warning("%d identities have no stored face chip (enrolled before chips were kept, or from vectors); "
+                    "re-enrol them from photos: %s", len(without), ", ".join(without[:10]))
+    _print({**result, "model": gallery.model, "identities_without_chips": without, "published": published})
 
 
 def _remove(identity_id: str, gallery: Gallery, publisher: Any) -> None:
@@ -254,14 +302,17 @@ def _enrol(args: argparse.Namespace, gallery: Gallery, embedder: FaceAnalyzer) -
     return 1 if refused else 0
 
 
-def _calibrate(args: argparse.Namespace, gallery: Gallery, analyzer: FaceAnalyzer, workers: int) -> int:
-    with args.pairs.open() as f:
+def _read_rows(path: Path, columns: set[str]) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    missing = {"path_a", "path_b", "same"} - set(rows[0] if rows else {})
+    missing = columns - set(rows[0] if rows else {})
     if missing:
-        raise ConfigError(f"{args.pairs}: missing column(s) {', '.join(sorted(missing))}")
-    root = args.pairs.parent
-    photos = sorted({r[k] for r in rows for k in ("path_a", "path_b")})
+        raise ConfigError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    return rows
+
+
+def _embed_photos(root: Path, photos: list[str], analyzer: FaceAnalyzer, workers: int) -> dict[str, np.ndarray]:
+    """The largest face's embedding of each photo that has one (others are logged and left out)."""
 
     def embed(photo: str) -> np.ndarray | None:
         try:
@@ -269,7 +320,7 @@ def _calibrate(args: argparse.Namespace, gallery: Gallery, analyzer: FaceAnalyze
         except FaceStreamError as exc:
             if not exc.skippable:
                 raise
-            log.warning("skipping pairs with %s: %s", photo, exc)
+            log.warning("leaving out %s: %s", photo, exc)
             return None
 
     embeddings: dict[str, np.ndarray] = {}
@@ -280,12 +331,42 @@ def _calibrate(args: argparse.Namespace, gallery: Gallery, analyzer: FaceAnalyze
                                      disable=None, file=sys.stderr):
             if embedding is not None:
                 embeddings[photo] = embedding
+    return embeddings
+
+
+def _calibrate(args: argparse.Namespace, gallery: Gallery, analyzer: FaceAnalyzer, workers: int) -> int:
+    if args.labels is not None:
+        return _calibrate_labels(args, gallery, analyzer, workers)
+    rows = _read_rows(args.pairs, {"path_a", "path_b", "same"})
+    photos = sorted({r[k] for r in rows for k in ("path_a", "path_b")})
+    embeddings = _embed_photos(args.pairs.parent, photos, analyzer, workers)
     usable = [r for r in rows if r["path_a"] in embeddings and r["path_b"] in embeddings]
     scores = np.array([embeddings[r["path_a"]] @ embeddings[r["path_b"]] for r in usable])
     same = np.array([r["same"].strip() in ("1", "true", "True") for r in usable])
     result = calibrate(scores, same, args.target_fmr)
     record = {**result.to_json(), "model": gallery.model, "pairs_file": str(args.pairs), "pairs_used": len(usable),
               "pairs_skipped": len(rows) - len(usable)}
+    gallery.store.set_threshold(gallery.model, result.threshold, record)
+    _print(record)
+    return 0
+
+
+def _calibrate_labels(args: argparse.Namespace, gallery: Gallery, analyzer: FaceAnalyzer, workers: int) -> int:
+    rows = _read_rows(args.labels, {"path", "identity"} | ({"split"} if args.split is not None else set()))
+    if args.split is not None:
+        rows = [r for r in rows if r["split"] == args.split]
+    if len({r["identity"] for r in rows}) < 2:
+        raise ConfigError(f"{args.labels}: need photos of at least 2 identities"
+                          + (f" in split {args.split!r}" if args.split is not None else ""))
+    photos = sorted({r["path"] for r in rows})
+    identity = {r["path"]: r["identity"] for r in rows}
+    embeddings = _embed_photos(args.labels.parent, photos, analyzer, workers)
+    used = [p for p in photos if p in embeddings]
+    scores, same = labelled_pair_scores(np.stack([embeddings[p] for p in used]) if used else np.zeros((0, gallery.dim)),
+                                        np.array([identity[p] for p in used]), max_impostors=args.max_impostors)
+    result = calibrate(scores, same, args.target_fmr)
+    record = {**result.to_json(), "model": gallery.model, "labels_file": str(args.labels), "split": args.split,
+              "photos_used": len(used), "photos_skipped": len(photos) - len(used)}
     gallery.store.set_threshold(gallery.model, result.threshold, record)
     _print(record)
     return 0

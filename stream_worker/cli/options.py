@@ -212,4 +212,13 @@ def face_analyzer(config: FaceStreamConfig, runtime: EngineRuntime, *, multitask
 
     store = model_store(config)
     detector = MTCNNDetector.create(config.detector, runtime=runtime, store=store)
-    return FaceAnalyzer(detector, MultiTaskNet.create(runtime=runtime, store=store) if multitask else None)
+    net = MultiTaskNet.create(runtime=runtime, store=store, recognizer=config.models.recognizer) if multitask else None
+    return FaceAnalyzer(detector, net)
+
+
+def embedding_space(config: FaceStreamConfig) -> dict[str, Any]:
+    """``model`` and ``dim`` of the configured recognizer, as :class:`gallery.gallery.Gallery` takes them."""
+    from engines.multitask.recognizers import profile
+
+    space = profile(config.models.recognizer)
+    return {"model": space.model_id, "dim": space.dim}

@@ -11,6 +11,7 @@ from stream_worker.cli.options import (
     add_config_options,
     add_options,
     add_pipeline_options,
+    embedding_space,
 )
 from stream_worker.config import FaceStreamConfig, env_name
 
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     embedder = ProcessEmbedder(config, workers=workers, niceness=api.inference_niceness)
     try:
         index = config.gallery.index.model_copy(update={"use_gpu": plan.device is Device.CUDA})
-        with Gallery(config.gallery.path, index=index, threshold=config.gallery.threshold) as gallery:
+        with Gallery(config.gallery.path, index=index, threshold=config.gallery.threshold,
+                     **embedding_space(config)) as gallery:
             enroller = PhotoEnroller(gallery, embedder, EnrolPolicy(min_quality=api.min_quality))
             app = create_app(gallery, enroller, token=token, max_upload_bytes=int(api.max_upload_mb * 2**20),
                              max_image_pixels=api.max_image_pixels, inference_workers=workers,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.errors import ConfigError
-from stream_worker.cli.options import model_store
+from stream_worker.cli.options import embedding_space, model_store
 from stream_worker.config import FaceStreamConfig
 from stream_worker.kafka.wire import thumbnail_reference
 from stream_worker.pipeline.frames import InvalidStreamIdError, check_stream_id, stream_id_from
@@ -88,11 +88,12 @@ def build_pipeline(
 
     store = model_store(config)
     detector = MTCNNDetector.create(config.detector, runtime=runtime, store=store)
-    multitask = MultiTaskNet.create(runtime=runtime, store=store)
+    multitask = MultiTaskNet.create(runtime=runtime, store=store, recognizer=config.models.recognizer)
     gallery = None
     if gallery_path is not None:
         index = config.gallery.index.model_copy(update={"use_gpu": runtime.plan.device is Device.CUDA})
-        gallery = Gallery(gallery_path, index=index, threshold=config.gallery.threshold, create=create_gallery)
+        gallery = Gallery(gallery_path, index=index, threshold=config.gallery.threshold, create=create_gallery,
+                          **embedding_space(config))
     if thumbnails is not None:
         reference: ThumbnailRef = thumbnails.reference
     elif thumbnails_topic:

@@ -45,10 +45,10 @@ def test_erasure_removes_vectors_and_records_an_event(tmp_path: Path) -> None:
 
 
 def test_templates_of_another_model_are_never_searched(tmp_path: Path) -> None:
-    with Gallery(tmp_path / "g.db", model="old-model@1") as old:
+    with Gallery(tmp_path / "g.db", model="old-model@1", dim=128) as old:
         old.enrol("carol", vectors(3))
         old.enrol("dave", vectors(4))
-    with Gallery(tmp_path / "g.db", model="new-model@2", threshold=0.5) as new:
+    with Gallery(tmp_path / "g.db", model="new-model@2", dim=128, threshold=0.5) as new:
         new.enrol("dave", vectors(5))
         results = new.search(vectors(3)[:1], k=5)[0]
         assert [m.identity_id for m in results] == ["dave"]  # carol's only template is of the old model

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from engines.config import DEFAULT_RECOGNIZER, Recognizer
+from engines.multitask.recognizers import profile
 from engines.store.model_store import ModelStore
 
 # The console script installed beside this interpreter (the venv need not be on PATH).
@@ -64,9 +66,15 @@ def test_verify(model_store: ModelStore, faces_dir: Path) -> None:
     assert same.returncode == 0, same.stderr
     result = json.loads(same.stdout)
     assert set(result) == {"distance", "similarity", "same", "threshold"} and result["same"] is True
-    assert result["distance"] < 0.6 and result["similarity"] >= result["threshold"]
+    assert result["similarity"] >= result["threshold"] == profile(DEFAULT_RECOGNIZER).verify_threshold
     different = json.loads(run(["verify", obama, biden], model_store.home).stdout)
-    assert different["same"] is False and different["distance"] > 0.6
+    assert different["same"] is False and different["similarity"] < different["threshold"]
+    # with dlib's recognizer, the distance is dlib's own: its rule (same below 0.6) agrees
+    dlib_env = {"FACESTREAM__MODELS__RECOGNIZER": "dlib-resnet-v1"}
+    dlib_same = json.loads(run(["verify", obama, obama3], model_store.home, **dlib_env).stdout)
+    dlib_different = json.loads(run(["verify", obama, biden], model_store.home, **dlib_env).stdout)
+    assert dlib_same["same"] and dlib_same["distance"] < 0.6 < dlib_different["distance"]
+    assert dlib_same["threshold"] == profile(Recognizer.DLIB).verify_threshold
     faceless = run(["verify", str(faces_dir / "dlib/examples/faces/dogs.jpg"), biden], model_store.home)
     assert faceless.returncode == 1 and "dogs.jpg: no face found" in faceless.stderr
 
@@ -87,11 +95,12 @@ def test_missing_models_without_auto_fetch(tmp_path: Path, faces_dir: Path) -> N
 def test_models_list_and_info(model_store: ModelStore) -> None:
     listing = run(["models", "list"], model_store.home)
     assert listing.returncode == 0 and listing.stdout.startswith("mtcnn\tok\t")
-    assert "\nmultitask\tok\t" in listing.stdout
+    assert "\nmultitask\tok\t" in listing.stdout and "\nsface\tok\t" in listing.stdout
     info = run(["info", "--device", "cpu"], model_store.home)
     report = json.loads(info.stdout)
     assert report["runtime"]["device"] == "cpu" and report["runtime"]["fallback"] is False
-    assert len(report["runtime"]["backends"]) == 6 and report["bundles"] == {"mtcnn": "ok", "multitask": "ok"}
+    assert len(report["runtime"]["backends"]) == 6  # P-, R-, O-Net, SFace, age, gender
+    assert report["bundles"] == {"mtcnn": "ok", "multitask": "ok", "sface": "ok"}
 
 
 def test_force_cpu_switch_is_visible(model_store: ModelStore) -> None:
