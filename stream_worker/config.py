@@ -116,12 +116,14 @@ class TrackerConfig(ConfigModel):
     """Smallest overlap with the predicted box that allows a match on position alone."""
     reacquire_distance: Float = Field(2.0, ge=0)
     """After a miss, a face this many box sides from the prediction may rejoin by appearance."""
-    min_cosine: Float = Field(0.9, ge=-1, le=1)
-    """Below this embedding similarity a face never joins a track, however it overlaps (on the
-    shared clip, 99% of correct matches score >= 0.93 against their track; the wrong ones seen,
-    at scene cuts, 0.86-0.91). A split track is better than a wrong name."""
-    reacquire_cosine: Float = Field(0.93, ge=-1, le=1)
-    """Similarity needed to rejoin a track by appearance when the boxes do not overlap."""
+    min_cosine: Float | None = Field(None, ge=-1, le=1)
+    """Below this embedding similarity a face never joins a track, however it overlaps. None:
+    the score 1% of different people reach with the recognizer (dlib 0.911, SFace 0.323; with
+    dlib on the shared clip, 99% of correct matches score >= 0.93 against their track, the
+    wrong ones seen at scene cuts 0.86-0.91). A split track is better than a wrong name."""
+    reacquire_cosine: Float | None = Field(None, ge=-1, le=1)
+    """Similarity needed to rejoin a track by appearance when the boxes do not overlap. None:
+    the score 0.1% of different people reach with the recognizer (dlib 0.928, SFace 0.393)."""
     max_size_ratio: Float = Field(1.6, ge=1)
     """A face whose size differs from the track's prediction by more than this factor is
     another face (a cut to a close-up, someone in front)."""
@@ -134,8 +136,11 @@ class TrackerConfig(ConfigModel):
 class IdentifyConfig(ConfigModel):
     """Identity per track (:mod:`stream_worker.pipeline.track_state`)."""
 
-    min_quality: Float = Field(0.3, ge=0, le=1)
-    """Faces below this quality are never searched."""
+    min_quality: Float = Field(0.2, ge=0, le=1)
+    """Faces below this quality are never searched. Low quality costs misses, not false
+    matches: CelebA test faces shrunk to 28-36 px and blurred (quality 0.2-0.3) match other
+    people at 0.6e-4 to 4e-4 at the calibrated threshold, under the 1e-3 it is set for
+    (``benchmarks/eval_small_faces.py``; README, "Recognizers")."""
     search_quality_gain: Float = Field(0.05, ge=0, le=1)
     """Search again when the track's best quality improves by this much."""
     switch_ratio: Float = Field(1.5, ge=1)

@@ -12,11 +12,15 @@ every face of every frame):
   scene cuts; in between, only the boxes the tracker predicts are refined with R-Net and
   O-Net (a few crops instead of the image pyramid). A new face is found within
   ``detect_every_frames`` frames.
-- analysis: every face of a full-detection frame is analysed (its embedding also guards
-  the tracker against joining different people); between, a confirmed track's face is
-  analysed every ``analyze_every_frames`` frames. Faces of confirmed tracks report the
-  track's smoothed age and gender; pose and quality are computed for every face on every
-  frame (quality with the sharpness of the track's last analysis).
+- analysis: every face of a full-detection frame is analysed; between, a confirmed
+  track's face is analysed every ``analyze_every_frames`` frames. Faces of confirmed tracks
+  report the track's smoothed age and gender; pose and quality are computed for every face
+  on every frame (quality with the sharpness of the track's last analysis).
+- identity embedding (the recognizer is most of the analysis's cost): every face of a scene
+  cut, and any face not surely continuing a confirmed track (its embedding guards the
+  tracker against joining different people); a face that surely continues a track (it
+  joined by overlap, or overlaps the track's prediction by IoU >= 0.5 alone) only when its
+  quality beats the track's best shot, the only embedding identification uses.
 - within a shot, refined faces join their tracks by overlap; a scene cut (see
   :class:`SceneCut`) forces full detection and analysis, so no track crosses a cut on
   position alone.
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from engines.detections import FaceDetections
+from engines.detections import FaceDetections, iou_matrix
 from engines.mtcnn.detector import MTCNNDetector
 from engines.multitask.attributes import (
     FaceAttributes,
@@ -104,6 +108,17 @@ class StreamState:
 
 ThumbnailRef = Callable[[str, int], str | None]
 
+_SURE_OVERLAP = 0.5
+"""Overlap (IoU) with a confirmed track's predicted box above which a face on a full
+detection is taken as that track's, for deciding whether to embed it."""
+
+
+def _all_found(expected: list[np.ndarray], found: np.ndarray) -> bool:
+    """Whether every expected box overlaps a found one (IoU >= 0.3)."""
+    if not len(found):
+        return False
+    return bool((iou_matrix(np.array(expected, np.float64), found.astype(np.float64)).max(axis=1) >= 0.3).all())
+
 
 class FacePipeline:
     def __init__(
@@ -125,14 +140,16 @@ class FacePipeline:
 
     def _stream(self, stream_id: str) -> StreamState:
         if stream_id not in self.streams:
-            self.streams[stream_id] = StreamState(FaceTracker(self.config.tracker), SceneCut(self.config.scene_cut_mad))
+            self.streams[stream_id] = StreamState(FaceTracker(self.config.tracker, self.multitask.profile.stats), SceneCut(self.config.scene_cut_mad))
         return self.streams[stream_id]
 
     # --- stages ----------------------------------------------------------------------------
 
-    def _detect(self, frames: Sequence[Frame]) -> tuple[list[FaceDetections], list[bool]]:
-        """Detections per frame, and whether each frame had a full detection."""
+    def _detect(self, frames: Sequence[Frame]) -> tuple[list[FaceDetections], list[bool], list[bool]]:
+        """Detections per frame; whether each frame had a full detection; whether every face
+        of it is embedded (a scene cut, or no track to continue)."""
         full: list[int] = []
+        embed_all: list[bool] = []
         refine: list[int] = []
         predicted: list[np.ndarray] = []
         for k, frame in enumerate(frames):
@@ -140,6 +157,7 @@ class FacePipeline:
             cut = state.scene(frame.image)
             due = state.last_full_detection is None or frame.index - state.last_full_detection >= self.config.detect_every_frames
             boxes = state.tracker.predicted_boxes(frame.index)
+            embed_all.append(cut or not boxes)
             if cut or due or not boxes:
                 full.append(k)
                 state.last_full_detection = frame.index
@@ -147,14 +165,19 @@ class FacePipeline:
                 refine.append(k)
                 predicted.append(np.array(list(boxes.values())))
         out: list[FaceDetections | None] = [None] * len(frames)
+        if refine:
+            for k, found in zip(refine, self.detector.refine_batch([frames[k].image for k in refine], predicted)):
+                waiting = self._stream(frames[k].stream_id).tracker.waiting_boxes(frames[k].index)
+                if waiting and not _all_found(waiting, found.boxes):
+                    full.append(k)  # a new face that refinement lost: look for it in the whole frame
+                    self._stream(frames[k].stream_id).last_full_detection = frames[k].index
+                else:
+                    out[k] = found
         if full:
             for k, found in zip(full, self.detector.detect_batch([frames[k].image for k in full])):
                 out[k] = found
-        if refine:
-            for k, found in zip(refine, self.detector.refine_batch([frames[k].image for k in refine], predicted)):
-                out[k] = found
         is_full = [k in full for k in range(len(frames))]
-        return [d for d in out if d is not None], is_full
+        return [d for d in out if d is not None], is_full, embed_all
 
     def process(self, frames: Sequence[Frame]) -> list[FrameOutput]:
         """Process frames of different streams (one per stream, each after the previous frame
@@ -191,7 +214,7 @@ class FacePipeline:
     def _step(self, frames: Sequence[Frame]) -> list[FrameOutput]:
         times = self.times.seconds
         started = time.perf_counter()
-        detections, is_full = self._detect(frames)
+        detections, is_full, embed_all = self._detect(frames)
         times["detect"] += time.perf_counter() - started
 
         # Refined frames join tracks by overlap first, so their analyses can be scheduled.
@@ -199,12 +222,24 @@ class FacePipeline:
         updates: dict[int, TrackUpdate] = {}
         for k, frame in enumerate(frames):
             if not is_full[k]:
-                updates[k] = self._stream(frame.stream_id).tracker.update(frame.index, detections[k].boxes, None)
+                updates[k] = self._stream(frame.stream_id).tracker.update(frame.index, detections[k].boxes, None,
+                                                                          full=False)
         times["track"] += time.perf_counter() - started
 
         started = time.perf_counter()
         rows = [self._to_analyse(frame, detections[k], is_full[k], updates.get(k)) for k, frame in enumerate(frames)]
-        analysed = self.multitask.analyze([f.image for f in frames], [d[r] for d, r in zip(detections, rows)])
+        owners = [self._owners(frame, detections[k], updates.get(k)) for k, frame in enumerate(frames)]
+
+        def embed_if(k: int, row: int, quality: float) -> bool:
+            """Embed a face unless it surely continues a track whose best shot it does not beat
+            (its embedding would change nothing: identity comes from best shots)."""
+            if embed_all[k]:
+                return True
+            track = owners[k].get(rows[k][row])
+            return track is None or track.best is None or quality > track.best.quality
+
+        analysed = self.multitask.analyze([f.image for f in frames], [d[r] for d, r in zip(detections, rows)],
+                                          embed_if=embed_if)
         times["analyze"] += time.perf_counter() - started
 
         started = time.perf_counter()
@@ -226,6 +261,25 @@ class FacePipeline:
         self.times.frames += len(frames)
         self.times.faces += sum(len(d) for d in detections)
         return outputs
+
+    def _owners(self, frame: Frame, faces: FaceDetections, update: TrackUpdate | None) -> dict[int, TrackState]:
+        """The confirmed track each face surely belongs to: on a refined frame, the one it
+        joined; on a full detection, the one track whose predicted box it alone overlaps by
+        ``_SURE_OVERLAP`` or more (it then matches that track on position, as refined faces do)."""
+        tracks = self._stream(frame.stream_id).tracks
+        if update is not None:
+            return {i: tracks[t] for i, t in enumerate(update.track_ids) if t is not None and t in tracks}
+        predicted = self._stream(frame.stream_id).tracker.confirmed_predictions(frame.index)
+        if not predicted or not len(faces):
+            return {}
+        ids = list(predicted)
+        overlap = iou_matrix(faces.boxes.astype(np.float64), np.array([predicted[t] for t in ids]))
+        out = {}
+        for i in range(len(faces)):
+            j = int(np.argmax(overlap[i]))
+            if overlap[i, j] >= _SURE_OVERLAP and ids[j] in tracks and (overlap[:, j] >= _SURE_OVERLAP).sum() == 1:
+                out[i] = tracks[ids[j]]
+        return out
 
     def _to_analyse(self, frame: Frame, faces: FaceDetections, full: bool, update: TrackUpdate | None) -> list[int]:
         if full or update is None:
@@ -249,7 +303,12 @@ class FacePipeline:
             events.append(TrackStarted(stream_id=frame.stream_id, track_id=track_id, frame_index=frame.index,
                                        pts_ms=frame.pts_ms))
         fresh = {face: j for j, face in enumerate(rows)}
-        poses = head_pose(faces.landmarks, faces.image_width, faces.image_height) if len(faces) else np.zeros((0, 3))
+        poses = np.zeros((len(faces), 3), np.float32)
+        unanalysed = [i for i in range(len(faces)) if i not in fresh]
+        if unanalysed:
+            poses[unanalysed] = head_pose(faces.landmarks[unanalysed], faces.image_width, faces.image_height)
+        for i, j in fresh.items():
+            poses[i] = analysed.poses[j]
         traits: list[FaceTraits] = []
         for i, track_id in enumerate(update.track_ids):
             track = state.tracks.get(track_id) if track_id is not None else None
@@ -257,7 +316,9 @@ class FacePipeline:
             if j is not None and track is not None:
                 improved = track.observe(
                     frame.index, frame.pts_ms, faces.boxes[i], float(analysed.qualities[j]), float(analysed.ages[j]),
-                    float(analysed.male_probs[j]), analysed.embeddings[j], float(analysed.sharpness[j]),
+                    float(analysed.male_probs[j]),
+                    analysed.embeddings[j] if np.isfinite(analysed.embeddings[j]).all() else None,
+                    float(analysed.sharpness[j]),
                 )
                 if improved and track.best is not None:
                     track.best.jpeg = self._thumbnail(frame.image, faces.boxes[i])

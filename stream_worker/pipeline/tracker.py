@@ -7,22 +7,37 @@ the frame's faces with the Hungarian algorithm (SciPy) on a cost that mixes box 
 the boxes overlap or, after an occlusion, when the face looks like the track and is near
 where it was predicted. Tracks are confirmed after ``min_hits`` matches and survive
 ``max_missed_frames`` frames without a match. Ids come from this instance's own counter.
+
+A new (unconfirmed) track is judged by full detections only: it dies when two full
+detections in a row miss it, not when the cheaper refine step around its predicted box
+does, so a face that only full detections find (it moves fast, or refinement loses it)
+is still confirmed by its full-detection hits. While a stream has such faces waiting
+(:meth:`FaceTracker.waiting_boxes`), the pipeline detects in full on every frame on which
+refinement does not find them all.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from engines.detections import iou_matrix
+from engines.multitask.recognizers import DLIB_STATS, ScoreStats
 from stream_worker.config import TrackerConfig
 from stream_worker.messages.state import PackedArray, TrackerState, TrackerTrack, pack_array, unpack_array
 
-# dlib embeddings: same person ~0.97 cosine, different people ~0.83 (pairs.csv).
-_SAME_COSINE = 0.96
-_DIFFERENT_COSINE = 0.84
+
+def _inside(box: np.ndarray, other: np.ndarray) -> float:
+    """The share of ``box``'s area that lies inside ``other``."""
+    w = min(box[2], other[2]) - max(box[0], other[0])
+    h = min(box[3], other[3]) - max(box[1], other[1])
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return float(max(w, 0) * max(h, 0) / area) if area > 0 else 0.0
 
 
 def _box_to_z(box: np.ndarray) -> np.ndarray:
@@ -89,9 +104,26 @@ class TrackUpdate:
 class FaceTracker:
     """Tracks the faces of one stream. Not thread-safe: one instance per stream."""
 
-    def __init__(self, config: TrackerConfig | None = None) -> None:
+    def __init__(self, config: TrackerConfig | None = None, stats: ScoreStats = DLIB_STATS) -> None:
+        """``stats``: the recognizer's score statistics; appearance is scored between its
+        impostor and genuine means, and the cosine gates not set in ``config`` come from it."""
         self.config = config or TrackerConfig()
+        self._different, self._same = stats.impostor_mean, stats.genuine_mean
+        given = self.config.min_cosine, self.config.reacquire_cosine
+        self.min_cosine = given[0] if given[0] is not None else stats.track_min_cosine
+        self.reacquire_cosine = given[1] if given[1] is not None else stats.track_reacquire_cosine
         self.reset()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FaceTracker:
+        """A copy for the pipeline's per-step snapshot (the configuration is shared; a track's
+        embedding is replaced, never changed in place, so it is shared too)."""
+        new = copy.copy(self)
+        new._tracks = []
+        for track in self._tracks:
+            kalman = _Kalman.__new__(_Kalman)
+            kalman.x, kalman.P = track.kalman.x.copy(), track.kalman.P.copy()
+            new._tracks.append(dataclasses.replace(track, kalman=kalman))
+        return new
 
     def reset(self) -> list[int]:
         """Forget every track; returns the confirmed ones that were alive (now ended)."""
@@ -117,8 +149,30 @@ class FaceTracker:
             out[track.key] = probe.box
         return out
 
-    def update(self, frame_index: int, boxes: np.ndarray, embeddings: np.ndarray | None) -> TrackUpdate:
-        """Match the faces of ``frame_index`` (boxes (N, 4), unit embeddings (N, D) or None)."""
+    @property
+    def has_unconfirmed(self) -> bool:
+        """Whether a face no confirmed track explains is waiting to be confirmed (or dropped)."""
+        return bool(self.waiting_boxes(self._frame + 1))
+
+    def waiting_boxes(self, frame_index: int) -> list[np.ndarray]:
+        """Predicted boxes, on ``frame_index``, of the faces waiting to be confirmed that no
+        confirmed track explains (an unconfirmed track lying mostly, half its area or more,
+        inside a confirmed track's box is a second detection on a known face: hair, a hand)."""
+        predicted = self.predicted_boxes(frame_index)
+        confirmed = [predicted[t.key] for t in self._tracks if t.track_id is not None]
+        return [predicted[t.key] for t in self._tracks
+                if t.track_id is None and not any(_inside(predicted[t.key], box) >= 0.5 for box in confirmed)]
+
+    def confirmed_predictions(self, frame_index: int) -> dict[int, np.ndarray]:
+        """Where each confirmed track should be on ``frame_index``, by track id."""
+        by_key = self.predicted_boxes(frame_index)
+        return {t.track_id: by_key[t.key] for t in self._tracks if t.track_id is not None}
+
+    def update(self, frame_index: int, boxes: np.ndarray, embeddings: np.ndarray | None,
+               *, full: bool = True) -> TrackUpdate:
+        """Match the faces of ``frame_index`` (boxes (N, 4), unit embeddings (N, D) or None;
+        a NaN row: that face was not embedded, it matches on position alone).
+        ``full``: the faces come from a full detection (else from refining predicted boxes)."""
         cfg = self.config
         steps = frame_index - self._frame if self._frame >= 0 else 1
         self._frame = frame_index
@@ -133,7 +187,7 @@ class FaceTracker:
             track = self._tracks[ti]
             matched_tracks.add(ti)
             track.kalman.update(_box_to_z(boxes[di]))
-            if embeddings is not None:
+            if embeddings is not None and np.isfinite(embeddings[di]).all():
                 e = embeddings[di]
                 mixed = e if track.embedding is None else cfg.embedding_momentum * track.embedding + (1 - cfg.embedding_momentum) * e
                 track.embedding = mixed / np.linalg.norm(mixed)
@@ -148,9 +202,11 @@ class FaceTracker:
         ended: list[int] = []
         survivors = []
         for ti, track in enumerate(self._tracks):
-            if ti not in matched_tracks:
-                track.missed += steps
-            limit = cfg.max_missed_frames if track.track_id is not None else 1
+            confirmed = track.track_id is not None
+            if ti not in matched_tracks and (confirmed or full):
+                # (an unconfirmed track counts the full detections that missed it)
+                track.missed += steps if confirmed else 1
+            limit = cfg.max_missed_frames if confirmed else 1
             if track.missed > limit:
                 if track.track_id is not None:
                     ended.append(track.track_id)
@@ -160,7 +216,7 @@ class FaceTracker:
         assigned = {di for _, di in assignment}
         for di in range(n):
             if di not in assigned:
-                emb = None if embeddings is None else embeddings[di]
+                emb = None if embeddings is None or not np.isfinite(embeddings[di]).all() else embeddings[di]
                 track = _Track(self._next_key, _Kalman(_box_to_z(boxes[di])), emb, frame_index)
                 self._next_key += 1
                 if cfg.min_hits <= 1:
@@ -216,13 +272,15 @@ class FaceTracker:
         cosine = np.ones(overlap.shape)
         known = np.zeros(overlap.shape, bool)
         if embeddings is not None:
+            embedded = np.isfinite(embeddings).all(axis=1)
             for ti, track in enumerate(self._tracks):
                 if track.embedding is not None:
-                    cosine[ti] = embeddings @ track.embedding
-                    appearance[ti] = np.clip((cosine[ti] - _DIFFERENT_COSINE) / (_SAME_COSINE - _DIFFERENT_COSINE), 0, 1)
-                    known[ti] = True
-        reacquire = known & (cosine >= cfg.reacquire_cosine) & (distance <= cfg.reacquire_distance)
-        allowed = ((overlap >= cfg.min_iou) | reacquire) & plausible_size & (cosine >= cfg.min_cosine)
+                    cosine[ti, embedded] = embeddings[embedded] @ track.embedding
+                    appearance[ti, embedded] = np.clip(
+                        (cosine[ti, embedded] - self._different) / (self._same - self._different), 0, 1)
+                    known[ti] = embedded
+        reacquire = known & (cosine >= self.reacquire_cosine) & (distance <= cfg.reacquire_distance)
+        allowed = ((overlap >= cfg.min_iou) | reacquire) & plausible_size & (cosine >= self.min_cosine)
         weight = np.where(known, cfg.appearance_weight, 0.0)
         cost = 1.0 - ((1 - weight) * overlap + weight * appearance)
         cost[~allowed] = 1e6

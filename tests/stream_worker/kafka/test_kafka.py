@@ -48,6 +48,7 @@ from tests.stream_worker.kafka.kafka_broker import TansuBroker, free_port, read_
 EXAMPLES = "face_recognition/examples"
 CLIP = f"{EXAMPLES}/short_hamilton_clip.mp4"
 LIN = "Lin-Manuel Miranda"
+ALEX = "Alex Lacamoire"
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 10000}
 
 
@@ -186,11 +187,13 @@ def test_end_to_end_every_frame_has_a_result_and_identities_match_the_file_run( 
     for message in tracks:
         jsonschema.validate(message, schema_for(message["schema"]))
     kafka_run = named_frames(frames)
-    assert {n for names in kafka_run.values() for n in names} == {n for names in file_run.values() for n in names} == {LIN}
+    assert {n for names in kafka_run.values() for n in names} == {n for names in file_run.values() for n in names} \
+        == {LIN, ALEX}
     agree = sum(kafka_run[i] == file_run[i] for i in file_run)
     assert agree >= 0.95 * len(file_run), f"only {agree}/{len(file_run)} frames name the same people"
     alerts = messages(broker, config.alerts_topic)
-    assert alerts and all(a["type"] == "track_identified" and a["identity"]["name"] == LIN for a in alerts)
+    assert alerts and all(a["type"] == "track_identified" for a in alerts)
+    assert {a["identity"]["name"] for a in alerts} == {LIN, ALEX}
     ended = [t for t in tracks if t["type"] == "track_ended"]
     assert len(ended) == len([t for t in tracks if t["type"] == "track_started"])
     # every ended track's best shot is on the thumbnails topic, under the summary's reference
@@ -366,17 +369,18 @@ class FailingGpu:
 
     def __init__(self, inner: Any, start_at: int, duration_s: float) -> None:
         self.inner, self.start_at, self.duration_s = inner, start_at, duration_s
+        self.profile = inner.profile
         self.calls = self.failures = 0
         self.since: float | None = None
 
-    def analyze(self, images: Any, faces: Any) -> Any:
+    def analyze(self, images: Any, faces: Any, **options: Any) -> Any:
         self.calls += 1
         if self.calls == self.start_at:
             self.since = time.monotonic()
         if self.since is not None and time.monotonic() - self.since < self.duration_s:
             self.failures += 1
             raise RuntimeError("CUDA error: out of memory")
-        return self.inner.analyze(images, faces)
+        return self.inner.analyze(images, faces, **options)
 
 
 POISON = 37
@@ -823,3 +827,35 @@ def test_a_damaged_checkpoint_is_reported_and_the_partition_starts_fresh(  # typ
     assert "the checkpoint cannot be restored" in caplog.text
     assert stats.frames == 20
     assert sorted(m["frame_index"] for m in messages(broker, config.detections_topic)) == list(range(20))
+
+
+def test_reembed_publishes_the_new_templates_on_the_changelog(  # type: ignore[no-untyped-def]
+    broker: TansuBroker, model_store, faces_dir: Path, tmp_path: Path,
+) -> None:
+    """A gallery enrolled with dlib, moved to SFace with `gallery reembed --publish`: the
+    identity's changelog record then carries both templates, so workers running SFace get it."""
+    from engines.config import Recognizer
+    from engines.multitask.recognizers import profile
+
+    base = kafka_config(broker, "reembed")
+    ensure_topics(base)
+    env = {**os.environ, "FACESTREAM__MODELS__HOME": str(model_store.home), "FACESTREAM__MODELS__AUTO_FETCH": "0"}
+
+    def gallery_command(*args: str, recognizer: str = "sface-2021dec") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stream_worker.cli", "gallery", "--db", str(tmp_path / "g.db"), *args],
+            env={**env, "FACESTREAM__MODELS__RECOGNIZER": recognizer}, capture_output=True, text=True, timeout=120,
+            check=False,
+        )
+
+    enrolled = gallery_command("enrol", "--id", "lin", "--min-quality", "0",
+                               str(faces_dir / EXAMPLES / "lin-manuel-miranda.png"), recognizer="dlib-resnet-v1")
+    assert enrolled.returncode == 0, enrolled.stderr
+    moved = gallery_command("--publish", broker.bootstrap, "--changelog-topic", base.gallery_topic,
+                            "reembed", "--model", "sface-2021dec")
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["published"] == 1
+    records = [r for r in read_topic(broker.bootstrap, base.gallery_topic) if r.key == b"lin"]
+    assert records, "no changelog record for lin"
+    models = {t["model"] for t in json.loads(records[-1].value)["templates"]}
+    assert models == {profile(Recognizer.DLIB).model_id, profile(Recognizer.SFACE).model_id}

@@ -95,3 +95,27 @@ def test_trackers_have_their_own_ids_and_reset() -> None:
 def test_config_is_validated() -> None:
     with pytest.raises(ConfigError, match="min_hits: Input should be greater than or equal to 1"):
         TrackerConfig(min_hits=0)
+
+
+def test_a_face_found_only_by_full_detections_becomes_a_track() -> None:
+    """Refinement loses the face every time (empty refine frames); the full detection every
+    5th frame finds it. Its full-detection hits alone confirm it."""
+    tracker = FaceTracker(TrackerConfig(min_hits=3))
+    ids = []
+    for i in range(16):
+        if i % 5 == 0:
+            ids.append(step(tracker, i, (face(100 + i, 50), ALICE)).track_ids)
+        else:
+            tracker.update(i, np.zeros((0, 4)), None, full=False)
+            assert tracker.has_unconfirmed == (ids[-1] == [None])
+    assert ids == [[None], [None], [1], [1]]
+
+
+def test_an_unconfirmed_face_missed_by_two_full_detections_is_dropped() -> None:
+    tracker = FaceTracker(TrackerConfig(min_hits=3))
+    step(tracker, 0, (face(100, 50), ALICE))
+    assert tracker.has_unconfirmed
+    step(tracker, 1)
+    assert tracker.has_unconfirmed  # one miss: still waiting
+    step(tracker, 2)
+    assert not tracker.has_unconfirmed and tracker.predicted_boxes(3) == {}
