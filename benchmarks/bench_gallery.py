@@ -30,6 +30,7 @@ import numpy as np
 from bench_detector import cpu_model
 
 from engines import EngineRuntime, MTCNNDetector, MultiTaskNet, read_image_file
+from engines.config import DEFAULT_RECOGNIZER, Recognizer
 from engines.runtime.engine import available_cpus
 from gallery.gallery import best_per_identity
 from gallery.index import IndexConfig, TemplateIndex
@@ -38,7 +39,7 @@ from gallery.synthetic import EmbeddingDistribution, samples
 FACES_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/faces"
 
 
-def real_embeddings() -> np.ndarray:
+def real_embeddings(recognizer: Recognizer = DEFAULT_RECOGNIZER) -> np.ndarray:
     """Largest-face embeddings of the shared single-face photos."""
     manifest = (FACES_DIR / "MANIFEST.md").read_text()
     excluded = set(re.findall(r"\| `([^`]+)` \|[^\n]*(?:MULTI-FACE|NEGATIVE|VIDEO)", manifest))
@@ -46,7 +47,8 @@ def real_embeddings() -> np.ndarray:
         paths = [r["path"] for r in csv.DictReader(f) if r["path"] not in excluded]
     out = []
     with EngineRuntime() as runtime:
-        detector, net = MTCNNDetector.create(runtime=runtime), MultiTaskNet.create(runtime=runtime)
+        detector = MTCNNDetector.create(runtime=runtime)
+        net = MultiTaskNet.create(runtime=runtime, recognizer=recognizer)
         for path in paths:
             image = read_image_file(FACES_DIR / path)
             faces = detector.detect(image)

@@ -1,14 +1,19 @@
-"""End-to-end frames per second on the Hamilton clip: FaceStream against the dlib pipeline.
+"""End-to-end frames per second on the Hamilton clip: FaceStream against two baselines.
 
-Both identify every face of all 275 frames against a gallery of 1,000 identities (the two
+All identify every face of all 275 frames against a gallery of 1,000 identities (the two
 people of the clip, enrolled from their photos, plus 998 synthetic identities drawn like
-real embeddings, see ``gallery/synthetic.py``).
+real embeddings of the recognizer in use, see ``gallery/synthetic.py``).
 
 - FaceStream: ``facestream run``'s worker (PyAV decoding, MTCNN with its detection
-  schedule, the multi-task network, tracking, per-track identification), JSON lines out.
+  schedule, the multi-task network, tracking, per-track identification), JSON lines out;
+  once per recognizer (``--recognizers``).
 - dlib, as the face_recognition library does it: HOG detector with one upsampling (its
   default), the 5-point landmark model, ``compute_face_descriptor`` on every face of every
-  frame, nearest gallery descriptor by Euclidean distance.
+  frame, nearest gallery descriptor by Euclidean distance. The speed-ups are against it.
+- OpenCV, as a user of its face module would do it: YuNet (``cv2.FaceDetectorYN``, the
+  frame scaled to a 640 px long side, as its anchors need) and SFace on every face of every
+  frame (FaceStream's converted SFace graph: OpenCV 5 cannot load the published one), ArcFace
+  alignment from YuNet's landmarks, nearest gallery template by cosine.
 
 Run by hand: ``python benchmarks/bench_pipeline.py --dlib-dat PATH``.
 """
@@ -16,6 +21,7 @@ Run by hand: ``python benchmarks/bench_pipeline.py --dlib-dat PATH``.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +33,10 @@ from bench_detector import DEFAULT_VIDEO, cpu_model, decode
 from bench_gallery import real_embeddings
 
 from engines import EngineRuntime, ModelStore, MTCNNDetector, MultiTaskNet, RuntimeConfig
+from engines.config import Recognizer
+from engines.multitask.align import arcface_chip
 from engines.runtime.engine import available_cpus
-from engines.store.catalog import MULTITASK, SHAPE_PREDICTOR_FILE
+from engines.store.catalog import MULTITASK, SFACE, SFACE_BUNDLE, SHAPE_PREDICTOR_FILE, YUNET, YUNET_BUNDLE
 from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.gallery import Gallery
 from gallery.synthetic import EmbeddingDistribution, samples
@@ -41,11 +49,13 @@ EXAMPLES = DEFAULT_VIDEO.parent
 
 
 def build_gallery(path: Path, analyzer: FaceAnalyzer, identities: int) -> Gallery:
-    gallery = Gallery(path)
+    assert analyzer.multitask is not None
+    space = analyzer.multitask.profile
+    gallery = Gallery(path, model=space.model_id, dim=space.dim)
     enroller = PhotoEnroller(gallery, analyzer, EnrolPolicy(min_quality=0.0))
     for identity, photo in (("lin", "lin-manuel-miranda.png"), ("alex", "alex-lacamoire.png")):
         enroller.enrol(identity, [(photo, (EXAMPLES / photo).read_bytes())])
-    distribution = EmbeddingDistribution.fit(real_embeddings())
+    distribution = EmbeddingDistribution.fit(real_embeddings(space.recognizer))
     rng = np.random.default_rng(0)
     synthetic, _ = samples(distribution.centres(identities - 2, rng), 1, rng)
     for i, vector in enumerate(synthetic):
@@ -85,6 +95,39 @@ def run_dlib(frames: list[np.ndarray], dat: Path, predictor: Path, gallery_descr
     return fps, {k: round(v / len(frames) * 1000, 1) for k, v in times.items()}
 
 
+def run_opencv(frames: list[np.ndarray], yunet: Path, sface_net: object, gallery_templates: np.ndarray
+               ) -> tuple[float, dict[str, float]]:
+    """YuNet + SFace on every face of every frame (one thread per model call, like the others)."""
+    from engines.image import normalise_pixels
+
+    height, width = frames[0].shape[:2]
+    scale = 640 / max(width, height)
+    size = (round(width * scale), round(height * scale))
+    detector = cv2.FaceDetectorYN.create(str(yunet), "", size, 0.7, 0.3, 5000)
+    times = {"detect": 0.0, "align+embed": 0.0, "match": 0.0}
+    started = time.perf_counter()
+    for bgr in frames:
+        t = time.perf_counter()
+        _, faces = detector.detect(cv2.resize(bgr, size, interpolation=cv2.INTER_AREA))
+        times["detect"] += time.perf_counter() - t
+        t = time.perf_counter()
+        embeddings = np.zeros((0, 128), np.float32)
+        if faces is not None and len(faces):
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            points = faces[:, 4:14].reshape(-1, 5, 2) / scale
+            chips = np.stack([arcface_chip(rgb, p) for p in points])
+            x = np.ascontiguousarray(normalise_pixels(chips, SFACE.mean, SFACE.scale).transpose(0, 3, 1, 2))
+            raw = sface_net.run({SFACE.input_name: x})["fc1"]  # type: ignore[attr-defined]
+            embeddings = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+        times["align+embed"] += time.perf_counter() - t
+        t = time.perf_counter()
+        if len(embeddings):
+            (embeddings @ gallery_templates.T).argmax(axis=1)
+        times["match"] += time.perf_counter() - t
+    fps = len(frames) / (time.perf_counter() - started)
+    return fps, {k: round(v / len(frames) * 1000, 1) for k, v in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dlib-dat", type=Path, required=True,
@@ -92,31 +135,64 @@ def main() -> None:
     parser.add_argument("--identities", type=int, default=1000)
     parser.add_argument("--detect-every", type=int, default=PipelineConfig().detect_every_frames)
     parser.add_argument("--analyze-every", type=int, default=PipelineConfig().analyze_every_frames)
+    parser.add_argument("--recognizers", nargs="+", type=Recognizer, default=list(Recognizer),
+                        help="FaceStream recognizers to run (default: all)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="every pipeline runs once per round, interleaved; medians are reported (default 3)")
     args = parser.parse_args()
     store = ModelStore()
     frames = decode(DEFAULT_VIDEO)
+    fps: dict[str, list[float]] = {}
+    stages: dict[str, list[dict[str, float]]] = {}
+
+    def record(name: str, result: tuple[float, dict[str, float]]) -> None:
+        fps.setdefault(name, []).append(result[0])
+        stages.setdefault(name, []).append(result[1])
+
     with EngineRuntime(RuntimeConfig(device="cpu")) as runtime, tempfile.TemporaryDirectory() as tmp:
         detector = MTCNNDetector.create(runtime=runtime, store=store)
-        multitask = MultiTaskNet.create(runtime=runtime, store=store)
-        gallery = build_gallery(Path(tmp) / "g.db", FaceAnalyzer(detector, multitask), args.identities)
-        _, _, unit = gallery.store.templates(gallery.model, dim=128)
-        # dlib's pipeline compares raw descriptors; its gallery: the same directions at dlib's typical norm.
-        gallery_descriptors = unit * 1.39
         config = PipelineConfig(detect_every_frames=args.detect_every, analyze_every_frames=args.analyze_every)
-        facestream_fps, facestream_stages = run_facestream(detector, multitask, gallery, Path(tmp) / "out.jsonl", config)
-        dlib_fps, dlib_stages = run_dlib(frames, args.dlib_dat, store.bundle_dir(MULTITASK) / SHAPE_PREDICTOR_FILE,
-                                         gallery_descriptors)
-        gallery.close()
-    print(f"Clip: {DEFAULT_VIDEO.name}, {len(frames)} frames; gallery of {args.identities} identities.")
+        runs = {}
+        for recognizer in dict.fromkeys([*args.recognizers, Recognizer.DLIB, Recognizer.SFACE]):
+            multitask = MultiTaskNet.create(runtime=runtime, store=store, recognizer=recognizer)
+            gallery = build_gallery(Path(tmp) / f"{recognizer.value}.db", FaceAnalyzer(detector, multitask),
+                                    args.identities)
+            runs[recognizer] = (multitask, gallery)
+        # dlib's pipeline compares raw descriptors; its gallery: synthetic directions at dlib's typical norm.
+        dlib_gallery = runs[Recognizer.DLIB][1]
+        gallery_descriptors = dlib_gallery.store.templates(dlib_gallery.model, dim=128)[2] * 1.39
+        sface_gallery = runs[Recognizer.SFACE][1]
+        sface_templates = sface_gallery.store.templates(sface_gallery.model, dim=sface_gallery.dim)[2]
+        sface_bundle = store.ensure(SFACE_BUNDLE)
+        sface_net = runtime.load(sface_bundle.path(SFACE), name=SFACE.name)
+        yunet = store.ensure(YUNET_BUNDLE).path(YUNET)
+        predictor = store.bundle_dir(MULTITASK) / SHAPE_PREDICTOR_FILE
+        dlib_name = "dlib (HOG x1 upsampling, 5-point, descriptor on every face)"
+        opencv_name = "OpenCV (YuNet + SFace on every face)"
+        for round_ in range(args.rounds):
+            print(f"round {round_ + 1} of {args.rounds}", file=sys.stderr)
+            record(dlib_name, run_dlib(frames, args.dlib_dat, predictor, gallery_descriptors))
+            record(opencv_name, run_opencv(frames, yunet, sface_net, sface_templates))
+            for recognizer in args.recognizers:
+                multitask, gallery = runs[recognizer]
+                name = (f"FaceStream, {recognizer.value} (full detection every {args.detect_every} frames, "
+                        f"analysis every {args.analyze_every})")
+                record(name, run_facestream(detector, multitask, gallery, Path(tmp) / "out.jsonl", config))
+        for _, gallery in runs.values():
+            gallery.close()
+    median = {name: float(np.median(values)) for name, values in fps.items()}
+    print(f"Clip: {DEFAULT_VIDEO.name}, {len(frames)} frames; gallery of {args.identities} identities; "
+          f"{args.rounds} interleaved rounds, medians.")
     print(f"Machine: {cpu_model()}, {available_cpus()} CPUs available.")
     print()
-    print("| pipeline | frames/s | speed-up | ms per frame, by stage |")
-    print("|---|---|---|---|")
-    print(f"| dlib (HOG x1 upsampling, 5-point, descriptor on every face) | {dlib_fps:.2f} | 1.0x | "
-          + ", ".join(f"{k} {v}" for k, v in dlib_stages.items()) + " |")
-    print(f"| FaceStream (`facestream run` worker; full detection every {args.detect_every} frames, "
-          f"analysis every {args.analyze_every}) | {facestream_fps:.2f} | {facestream_fps / dlib_fps:.1f}x | "
-          + ", ".join(f"{k} {v}" for k, v in facestream_stages.items()) + " |")
+    print("| pipeline | frames/s | vs dlib | vs dlib, per round | vs OpenCV | ms per frame, by stage (median round) |")
+    print("|---|---|---|---|---|---|")
+    for name, values in fps.items():
+        ratios = [v / d for v, d in zip(values, fps[dlib_name])]
+        middle = stages[name][int(np.argsort(values)[len(values) // 2])]
+        print(f"| {name} | {median[name]:.2f} | {median[name] / median[dlib_name]:.1f}x | "
+              f"{', '.join(f'{r:.1f}' for r in ratios)} | {median[name] / median[opencv_name]:.1f}x | "
+              + ", ".join(f"{k} {v}" for k, v in middle.items()) + " |")
 
 
 if __name__ == "__main__":
