@@ -62,20 +62,21 @@ CREATE TABLE thresholds (
     calibration TEXT NOT NULL,
     created_utc TEXT NOT NULL
 );
-""" + """
-CREATE TABLE chips (
-    chip_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    identity_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
-    image_sha256 TEXT NOT NULL,
-    jpeg BLOB NOT NULL,
-    geometry TEXT NOT NULL,
-    quality REAL,
-    created_utc TEXT NOT NULL
-);
-CREATE UNIQUE INDEX chips_by_image ON chips(identity_id, image_sha256);
 """
-_CHIPS_FROM = 2
-"""The schema version that added the chips table (the part of ``_SCHEMA`` after the split)."""
+_CHIPS_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS chips (
+        chip_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        identity_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+        image_sha256 TEXT NOT NULL,
+        jpeg BLOB NOT NULL,
+        geometry TEXT NOT NULL,
+        quality REAL,
+        created_utc TEXT NOT NULL
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS chips_by_image ON chips(identity_id, image_sha256)",
+)
+"""Schema version 2: the face chips (a version 1 gallery gets them when opened)."""
+_SCHEMA += "".join(f"{statement};\n" for statement in _CHIPS_SCHEMA)
 
 
 def utc_now() -> str:
@@ -164,12 +165,10 @@ class GalleryStore:
             self._db.execute("PRAGMA secure_delete = ON")  # erased embeddings are overwritten, not left in free pages
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
-        if int(self._meta("schema_version")) < _CHIPS_FROM:
-            with self._transaction() as db:  # version 1 -> 2: the chips table
-                for statement in _SCHEMA.split("CREATE TABLE chips", 1)[1:]:
-                    for part in ("CREATE TABLE chips" + statement).split(";"):
-                        if part.strip():
-                            db.execute(part)
+        if int(self._meta("schema_version")) < SCHEMA_VERSION:
+            with self._transaction() as db:  # version 1 -> 2 (IF NOT EXISTS: another process may be first)
+                for statement in _CHIPS_SCHEMA:
+                    db.execute(statement)
                 db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     # --- plumbing -------------------------------------------------------------------------

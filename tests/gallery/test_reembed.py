@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.config import Recognizer
+from engines.config import DEFAULT_RECOGNIZER, Recognizer
 from engines.multitask.network import MultiTaskNet
 from engines.multitask.recognizers import profile
 from gallery.enrol import EnrolPolicy, PhotoEnroller
@@ -33,14 +33,14 @@ def _enrol(gallery: Gallery, analyzer: FaceAnalyzer, identity_photos: dict[str, 
 
 
 @pytest.fixture(scope="module")
-def analyzers(detector, model_store, runtime) -> dict[Recognizer, FaceAnalyzer]:  # type: ignore[no-untyped-def]
-    return {r: FaceAnalyzer(detector, MultiTaskNet.create(runtime=runtime, store=model_store, recognizer=r))
-            for r in (Recognizer.DLIB, Recognizer.SFACE)}
+def analyzers(detector, multitask: MultiTaskNet, dlib_multitask: MultiTaskNet) -> dict[Recognizer, FaceAnalyzer]:  # type: ignore[no-untyped-def]
+    assert multitask.profile.recognizer is Recognizer.SFACE  # the session's default network
+    return {Recognizer.DLIB: FaceAnalyzer(detector, dlib_multitask), Recognizer.SFACE: FaceAnalyzer(detector, multitask)}
 
 
 def test_a_gallery_moved_to_another_recognizer_identifies_as_one_enrolled_with_it(
     analyzers: dict[Recognizer, FaceAnalyzer], identity_photos: dict[str, list[str]], faces_dir: Path,
-    tmp_path: Path,
+    largest_face, tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     """Enrolled with dlib, re-embedded to SFace from its chips: every probe photo (the other
     photos of the enrolled people, and three people never enrolled) gets the same top
@@ -61,8 +61,8 @@ def test_a_gallery_moved_to_another_recognizer_identifies_as_one_enrolled_with_i
     probes = [p for identity, photos in sorted(identity_photos.items())
               for p in (photos if identity in NOT_ENROLLED else photos[1:])]
     assert len(probes) >= 50
-    analyzer = analyzers[Recognizer.SFACE]
-    queries = np.stack([analyzer.largest_face(faces_dir / p)[1].embeddings[0] for p in probes])
+    assert DEFAULT_RECOGNIZER is Recognizer.SFACE  # largest_face embeds with the default recognizer
+    queries = np.stack([largest_face(p)[1].embeddings[0] for p in probes])
     for a, b in zip(moved.search(queries, k=1), direct.search(queries, k=1)):
         assert (a[0].identity_id, a[0].decision) == (b[0].identity_id, b[0].decision)
         assert a[0].score == pytest.approx(b[0].score, abs=0.05)

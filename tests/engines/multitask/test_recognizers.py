@@ -20,8 +20,11 @@ from engines.store.model_store import ModelStore
 
 
 @pytest.fixture(scope="module")
-def nets(model_store: ModelStore, runtime: EngineRuntime) -> dict[Recognizer, MultiTaskNet]:
-    return {r: MultiTaskNet.create(runtime=runtime, store=model_store, recognizer=r) for r in Recognizer}
+def nets(model_store: ModelStore, runtime: EngineRuntime, multitask: MultiTaskNet,
+         dlib_multitask: MultiTaskNet) -> dict[Recognizer, MultiTaskNet]:
+    """The session's networks (SFace is the default), and a fused one."""
+    fused = MultiTaskNet.create(runtime=runtime, store=model_store, recognizer=Recognizer.FUSED)
+    return {Recognizer.SFACE: multitask, Recognizer.DLIB: dlib_multitask, Recognizer.FUSED: fused}
 
 
 def test_similarity_transform_recovers_a_known_one() -> None:
