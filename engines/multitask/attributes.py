@@ -53,7 +53,7 @@ MOUTH_VERTICAL_WEIGHT = 0.3
 """Weight of the mouth corners' position across the eye line in the pose fit (the other
 coordinates weigh 1). Mouth corners move with expression: a broad smile raises them by a
 third of the nose-to-mouth distance, which an unweighted fit reads as the head tilting
-down (a smiling frontal face in ``kit_with_rose.jpg``: pitch -57 degrees unweighted, +7
+down (a smiling frontal face in ``kit_with_rose.jpg``: pitch -57 degrees unweighted, -11
 with this weight; README, "Head pose")."""
 
 
@@ -66,7 +66,8 @@ def head_pose(landmarks: np.ndarray, image_width: int | np.ndarray, image_height
     minimise the reprojection error with the mouth corners' offsets across the eye line
     weighted by :data:`MOUTH_VERTICAL_WEIGHT`, from two starts (OpenCV's SQPnP solution, and
     a face turned straight at the camera at SQPnP's position; with the mouth weighing less
-    the fit can have two minima), keeping the better fit; the rotation is decomposed. Signs: yaw > 0 when the face turns towards the image's right,
+    the fit can have two minima), keeping the better fit; the rotation is decomposed.
+    Signs: yaw > 0 when the face turns towards the image's right,
     pitch > 0 when it tilts up, roll > 0 when it leans clockwise in the image. A generic
     model makes this a coarse estimate (about +-10 degrees), good for ranking shots.
     Degenerate landmarks give NaN (quality then treats the pose as unusable).

@@ -334,6 +334,14 @@ def _embed_photos(root: Path, photos: list[str], analyzer: FaceAnalyzer, workers
     return embeddings
 
 
+def _checked_calibration(scores: np.ndarray, same: np.ndarray, target_fmr: float) -> Any:
+    """:func:`calibrate`, with a set too small to calibrate on reported as the user's error."""
+    try:
+        return calibrate(scores, same, target_fmr)
+    except ValueError as exc:
+        raise ConfigError(f"cannot calibrate on this set: {exc} (photos without a usable face are left out)") from None
+
+
 def _calibrate(args: argparse.Namespace, gallery: Gallery, analyzer: FaceAnalyzer, workers: int) -> int:
     if args.labels is not None:
         return _calibrate_labels(args, gallery, analyzer, workers)
@@ -343,7 +351,7 @@ def _calibrate(args: argparse.Namespace, gallery: Gallery, analyzer: FaceAnalyze
     usable = [r for r in rows if r["path_a"] in embeddings and r["path_b"] in embeddings]
     scores = np.array([embeddings[r["path_a"]] @ embeddings[r["path_b"]] for r in usable])
     same = np.array([r["same"].strip() in ("1", "true", "True") for r in usable])
-    result = calibrate(scores, same, args.target_fmr)
+    result = _checked_calibration(scores, same, args.target_fmr)
     record = {**result.to_json(), "model": gallery.model, "pairs_file": str(args.pairs), "pairs_used": len(usable),
               "pairs_skipped": len(rows) - len(usable)}
     gallery.store.set_threshold(gallery.model, result.threshold, record)
@@ -364,7 +372,7 @@ def _calibrate_labels(args: argparse.Namespace, gallery: Gallery, analyzer: Face
     used = [p for p in photos if p in embeddings]
     scores, same = labelled_pair_scores(np.stack([embeddings[p] for p in used]) if used else np.zeros((0, gallery.dim)),
                                         np.array([identity[p] for p in used]), max_impostors=args.max_impostors)
-    result = calibrate(scores, same, args.target_fmr)
+    result = _checked_calibration(scores, same, args.target_fmr)
     record = {**result.to_json(), "model": gallery.model, "labels_file": str(args.labels), "split": args.split,
               "photos_used": len(used), "photos_skipped": len(photos) - len(used)}
     gallery.store.set_threshold(gallery.model, result.threshold, record)

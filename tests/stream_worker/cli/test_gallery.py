@@ -121,6 +121,11 @@ def test_calibrate_on_a_labelled_photo_set(model_store: ModelStore, faces_dir: P
     alone = gallery(["calibrate", "--pairs", str(faces_dir / "pairs.csv"), "--split", "test"], tmp_path / "g.db",
                     model_store.home)
     assert alone.returncode == 2 and "--split goes with --labels" in alone.stderr
+    singles = tmp_path / "singles.csv"  # one photo per person: no same-person pair to calibrate on
+    singles.write_text(f"path,identity\n{faces_dir / 'face_recognition/examples/obama-720p.jpg'},a\n"
+                       f"{faces_dir / 'face_recognition/examples/alex-lacamoire.png'},b\n")
+    too_few = gallery(["calibrate", "--labels", str(singles)], tmp_path / "g.db", model_store.home)
+    assert too_few.returncode == 2 and "cannot calibrate on this set" in too_few.stderr
 
 
 def test_reembed_moves_a_gallery_to_another_recognizer(model_store: ModelStore, faces_dir: Path,
