@@ -33,7 +33,7 @@ def add_parsers(commands: Any) -> None:
                                   description="Find faces and their 5 landmarks in image files or folders.")
     analyze.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders of images")
     analyze.add_argument("--json", action="store_true", help="one JSON object per image per line")
-    analyze.add_argument("--embeddings", action="store_true", help="include each face's 128-D identity embedding")
+    analyze.add_argument("--embeddings", action="store_true", help="include each face's identity embedding (128-D; 256-D fused)")
     analyze.add_argument("--detect-only", action="store_true",
                          help="boxes, scores and landmarks only (skip age, gender, pose, quality and embeddings)")
     add_pipeline_options(analyze)
@@ -43,7 +43,8 @@ def add_parsers(commands: Any) -> None:
     verify_cmd = commands.add_parser(
         "verify", help="are two photos the same person? (largest face of each)",
         description="Compare the largest face of two images: prints JSON with the cosine similarity of the "
-        "identity embeddings, dlib's raw descriptor distance, the decision and the threshold.",
+        "identity embeddings, the raw descriptors' distance (dlib's scale with dlib-resnet-v1), the decision and the "
+        "threshold (default: the configured recognizer's, false-match rate 1e-3).",
     )
     verify_cmd.add_argument("image_a", type=Path, metavar="IMAGE_A")
     verify_cmd.add_argument("image_b", type=Path, metavar="IMAGE_B")
