@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import dlib
 import numpy as np
+from eval_recognizers import threshold_at
 
 from engines import EngineRuntime, ModelStore, MTCNNDetector, RuntimeConfig, read_image_file
 from engines.multitask.align import similarity_transform, square_box
@@ -38,7 +39,7 @@ SCALES = (0.8, 1.0, 1.2)
 
 
 def tmr_at(genuine: np.ndarray, impostor: np.ndarray, fmr: float = 1e-3) -> tuple[float, float]:
-    threshold = float(np.quantile(impostor, 1 - fmr, method="higher")) + 1e-9
+    threshold = threshold_at(genuine, impostor, fmr)
     return float(np.mean(genuine >= threshold)), threshold
 
 

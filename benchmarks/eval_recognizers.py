@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from gallery.calibration import calibrate, labelled_pair_scores
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CELEBA = SHARED / "data/face_train/labels_celeba.csv"
 PAIRS = SHARED / "data/faces/pairs.csv"
@@ -93,11 +95,8 @@ def with_fused(emb: dict[str, np.ndarray], weight: float) -> dict[str, np.ndarra
 def pair_scores(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cosines of every genuine and every impostor pair among photos with a face."""
     ok = ~np.isnan(vectors).any(axis=1)
-    v, lab = vectors[ok], labels[ok]
-    sims = v @ v.T
-    upper = np.triu_indices(len(v), 1)
-    same = lab[upper[0]] == lab[upper[1]]
-    scores = sims[upper]
+    n = int(ok.sum())
+    scores, same = labelled_pair_scores(vectors[ok], labels[ok], max_impostors=n * (n - 1) // 2)
     return scores[same], scores[~same]
 
 
@@ -111,9 +110,13 @@ def d_prime(genuine: np.ndarray, impostor: np.ndarray) -> float:
     return float((genuine.mean() - impostor.mean()) / np.sqrt((genuine.var() + impostor.var()) / 2))
 
 
-def threshold_at(impostor: np.ndarray, fmr: float) -> float:
-    """The empirical (1 - fmr) quantile of impostor scores (as gallery.calibration does)."""
-    return float(np.quantile(impostor, 1 - fmr, method="higher")) + 1e-9
+def threshold_at(genuine: np.ndarray, impostor: np.ndarray, fmr: float) -> float:
+    """The threshold ``facestream gallery calibrate`` sets for ``fmr`` (the empirical impostor quantile)."""
+    result = calibrate(np.concatenate([genuine, impostor]),
+                       np.concatenate([np.ones(len(genuine), bool), np.zeros(len(impostor), bool)]), fmr)
+    if result.method != "empirical":
+        raise SystemExit(f"{len(impostor)} impostor pairs cannot resolve an FMR of {fmr}")
+    return result.threshold
 
 
 def identification(vectors: np.ndarray, labels: np.ndarray, strangers: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -222,7 +225,7 @@ def main() -> None:
                               "models": {}}
     for m in ("dlib", "sface", "fused"):
         genuine, impostor = pair_scores(emb["celeba-test"][m], labels["test"])
-        thresholds = {fmr: threshold_at(impostor, fmr) for fmr in FMRS}
+        thresholds = {fmr: threshold_at(genuine, impostor, fmr) for fmr in FMRS}
         shipped = thresholds[1e-3]
         balanced = np.concatenate([genuine >= shipped, impostor < shipped])
         pv = emb["pairs"][m]
@@ -251,8 +254,9 @@ def main() -> None:
             # a watch list compares each face with every enrolled person: for 350 people, a per-comparison
             # FMR of 1e-5 keeps strangers' false alarms near 350 x 1e-5 = 0.35%
             "identification_at_fmr_1e-5": identification(emb["celeba-test"][m], labels["test"],
-                                                          emb["celeba-strangers"][m], threshold_at(impostor, 1e-5)),
-            "threshold_at_fmr_1e-5": threshold_at(impostor, 1e-5),
+                                                          emb["celeba-strangers"][m],
+                                                          threshold_at(genuine, impostor, 1e-5)),
+            "threshold_at_fmr_1e-5": threshold_at(genuine, impostor, 1e-5),
             "ms_per_face": speed[m],
         }
     text = json.dumps(report, indent=2)

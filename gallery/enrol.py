@@ -30,10 +30,11 @@ class FaceSample:
 
 
 class FaceEmbedder(Protocol):
-    def photo_faces(self, data: bytes, *, name: str, max_pixels: int) -> list[FaceSample]:
-        """Every face of an encoded photo, with its embedding and quality. The photo is
-        decoded here (refused from its header above ``max_pixels``), so an embedder that runs
-        in another process receives the photo's bytes, not its pixels."""
+    def photo_faces(self, data: bytes, *, name: str, max_pixels: int, with_chips: bool = False) -> list[FaceSample]:
+        """Every face of an encoded photo, with its embedding and quality (and, with
+        ``with_chips``, its chip for storage). The photo is decoded here (refused from its
+        header above ``max_pixels``), so an embedder that runs in another process receives
+        the photo's bytes, not its pixels."""
         ...
 
 
@@ -81,7 +82,7 @@ class PhotoEnroller:
         """Photos whose header declares more pixels are refused before decoding."""
 
     def _face_for_enrolment(self, source: str, data: bytes) -> FaceSample:
-        faces = self.embedder.photo_faces(data, name=source, max_pixels=self.max_pixels)
+        faces = self.embedder.photo_faces(data, name=source, max_pixels=self.max_pixels, with_chips=True)
         if not faces:
             raise EnrolmentRefusedError(f"{source}: no face found")
         face = max(faces, key=lambda f: _area(f.box))

@@ -81,9 +81,9 @@ def _start(config: FaceStreamConfig, niceness: int, parent: int) -> None:
                              MultiTaskNet.create(runtime=runtime, store=store, recognizer=config.models.recognizer))
 
 
-def _photo_faces(data: bytes, name: str, max_pixels: int) -> list[FaceSample]:
+def _photo_faces(data: bytes, name: str, max_pixels: int, with_chips: bool) -> list[FaceSample]:
     assert _analyzer is not None, "the worker process was not started"
-    return list(_analyzer.photo_faces(data, name=name, max_pixels=max_pixels))
+    return list(_analyzer.photo_faces(data, name=name, max_pixels=max_pixels, with_chips=with_chips))
 
 
 def _pid() -> int:
@@ -104,9 +104,9 @@ class ProcessEmbedder:
         log.info("%d model worker processes ready (pids %s, niceness %d)", len(pids), sorted(pids), self.niceness)
         return pool
 
-    def photo_faces(self, data: bytes, *, name: str, max_pixels: int) -> list[FaceSample]:
+    def photo_faces(self, data: bytes, *, name: str, max_pixels: int, with_chips: bool = False) -> list[FaceSample]:
         try:
-            return self._pool.submit(_photo_faces, data, name, max_pixels).result()
+            return self._pool.submit(_photo_faces, data, name, max_pixels, with_chips).result()
         except BrokenProcessPool:
             log.error("a model worker process died; starting new ones")
             self._pool.shutdown(wait=False, cancel_futures=True)

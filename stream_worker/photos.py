@@ -56,14 +56,15 @@ class FaceAnalyzer:
         attributes = self.multitask.analyze([image], [faces])[0] if self.multitask is not None else None
         return faces, attributes
 
-    def faces(self, image: np.ndarray) -> list[FaceSample]:
-        """The gallery's view of every face of a BGR image (embedder protocol)."""
+    def faces(self, image: np.ndarray, *, with_chips: bool = False) -> list[FaceSample]:
+        """The gallery's view of every face of a BGR image (embedder protocol); with
+        ``with_chips``, each face's chip for storage too (enrolment)."""
         faces, attributes = self.analyze(image)
         if attributes is None:
             raise ValueError("embedding faces needs the multi-task network")
         return [
             FaceSample(attributes.embeddings[i], float(attributes.qualities[i]), tuple(float(v) for v in faces.boxes[i]),
-                       FaceChip.from_face(image, faces.boxes[i], faces.landmarks[i]))
+                       FaceChip.from_face(image, faces.boxes[i], faces.landmarks[i]) if with_chips else None)
             for i in range(len(faces))
         ]
 
@@ -74,9 +75,9 @@ class FaceAnalyzer:
         image, face = chip.decode()
         return self.multitask.analyze([image], [face])[0].embeddings[0]
 
-    def photo_faces(self, data: bytes, *, name: str, max_pixels: int) -> list[FaceSample]:
+    def photo_faces(self, data: bytes, *, name: str, max_pixels: int, with_chips: bool = False) -> list[FaceSample]:
         """Every face of an encoded photo (the gallery's embedder protocol)."""
-        return self.faces(decode_image(data, name=name, max_pixels=max_pixels))
+        return self.faces(decode_image(data, name=name, max_pixels=max_pixels), with_chips=with_chips)
 
     def largest_face(self, path: Path) -> tuple[FaceDetections, FaceAttributes]:
         """The largest face of an image file, with its attributes; refuses faceless images."""

@@ -151,7 +151,7 @@ class FacePipeline:
         full: list[int] = []
         embed_all: list[bool] = []
         refine: list[int] = []
-        predicted: list[np.ndarray] = []
+        predicted: list[dict[int, np.ndarray]] = []
         for k, frame in enumerate(frames):
             state = self._stream(frame.stream_id)
             cut = state.scene(frame.image)
@@ -163,11 +163,13 @@ class FacePipeline:
                 state.last_full_detection = frame.index
             else:
                 refine.append(k)
-                predicted.append(np.array(list(boxes.values())))
+                predicted.append(boxes)
         out: list[FaceDetections | None] = [None] * len(frames)
         if refine:
-            for k, found in zip(refine, self.detector.refine_batch([frames[k].image for k in refine], predicted)):
-                waiting = self._stream(frames[k].stream_id).tracker.waiting_boxes(frames[k].index)
+            refined = self.detector.refine_batch([frames[k].image for k in refine],
+                                                 [np.array(list(boxes.values())) for boxes in predicted])
+            for k, boxes, found in zip(refine, predicted, refined):
+                waiting = self._stream(frames[k].stream_id).tracker.waiting_boxes(boxes)
                 if waiting and not _all_found(waiting, found.boxes):
                     full.append(k)  # a new face that refinement lost: look for it in the whole frame
                     self._stream(frames[k].stream_id).last_full_detection = frames[k].index

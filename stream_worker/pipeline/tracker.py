@@ -152,13 +152,12 @@ class FaceTracker:
     @property
     def has_unconfirmed(self) -> bool:
         """Whether a face no confirmed track explains is waiting to be confirmed (or dropped)."""
-        return bool(self.waiting_boxes(self._frame + 1))
+        return bool(self.waiting_boxes(self.predicted_boxes(self._frame + 1)))
 
-    def waiting_boxes(self, frame_index: int) -> list[np.ndarray]:
-        """Predicted boxes, on ``frame_index``, of the faces waiting to be confirmed that no
-        confirmed track explains (an unconfirmed track lying mostly, half its area or more,
-        inside a confirmed track's box is a second detection on a known face: hair, a hand)."""
-        predicted = self.predicted_boxes(frame_index)
+    def waiting_boxes(self, predicted: dict[int, np.ndarray]) -> list[np.ndarray]:
+        """Of :meth:`predicted_boxes`' output, the boxes of the faces waiting to be confirmed
+        that no confirmed track explains (an unconfirmed track lying mostly, half its area or
+        more, inside a confirmed track's box is a second detection on a known face: hair, a hand)."""
         confirmed = [predicted[t.key] for t in self._tracks if t.track_id is not None]
         return [predicted[t.key] for t in self._tracks
                 if t.track_id is None and not any(_inside(predicted[t.key], box) >= 0.5 for box in confirmed)]
