@@ -28,6 +28,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import File, Form, HTTPException, Query, Request, UploadFile, status
@@ -41,6 +42,7 @@ from gallery import validation as valid
 from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.errors import EnrolmentRefusedError, GalleryCorruptError, GalleryError, IdentityNotFoundError
 from gallery.gallery import Gallery
+from gallery.sightings import SightingsStore, search_result
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
 PUBLIC_PATHS = frozenset({"/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
 PUBLIC_PREFIXES = ("/static-offline-docs/",)
 """Paths that need no token: liveness and the documentation (no personal data)."""
+SIGHTINGS_PREFIX = "/sightings/"
+"""Paths that take the sightings token (search over everything the cameras saw), and only it."""
 
 
 def _json(code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -59,9 +63,11 @@ def _json(code: int, detail: str, headers: dict[str, str] | None = None) -> JSON
 class RequestGuard:
     """Authenticate before reading the body; enforce the body limit while it streams."""
 
-    def __init__(self, app: ASGIApp, *, token: str, max_body_bytes: int, pool: "InferencePool") -> None:
+    def __init__(self, app: ASGIApp, *, token: str, max_body_bytes: int, pool: "InferencePool",
+                 sightings_token: str | None = None) -> None:
         self.app = app
         self.expected = token.encode()
+        self.sightings_expected = sightings_token.encode() if sightings_token else None
         self.max_body_bytes = max_body_bytes
         self.pool = pool
 
@@ -73,7 +79,10 @@ class RequestGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
             scheme, _, presented = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self.expected):
+            # two scopes: the sightings token opens /sightings/ only, the gallery token everything else
+            expected = self.sightings_expected if path.startswith(SIGHTINGS_PREFIX) else self.expected
+            if scheme.lower() != "bearer" or expected is None or not hmac.compare_digest(
+                    presented.strip().encode(), expected):
                 await _json(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
                             {"WWW-Authenticate": "Bearer"})(scope, receive, send)
                 return
@@ -109,8 +118,20 @@ class RequestGuard:
         await self.app(scope, counted, send)
 
 
+def _utc(text: str | None, name: str) -> "datetime | None":
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: not an ISO 8601 time") from None
+    if value.tzinfo is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: give a time zone (e.g. Z)")
+    return value
+
+
 def _runs_models(path: str) -> bool:
-    return path == "/search" or (path.startswith("/identities/") and path.endswith("/photos"))
+    return path in ("/search", "/sightings/search") or (path.startswith("/identities/") and path.endswith("/photos"))
 
 
 class InferencePool:
@@ -155,10 +176,17 @@ def create_app(
     max_image_pixels: int = 40_000_000,
     inference_workers: int = 0,
     queue_limit: int = 32,
+    sightings: "SightingsStore | None" = None,
+    sightings_token: str | None = None,
 ) -> FastAPIOffline:
-    """The API for one gallery. ``token`` must be presented as ``Authorization: Bearer ...``."""
+    """The API for one gallery. ``token`` must be presented as ``Authorization: Bearer ...``.
+    With ``sightings``, ``POST /sightings/search`` searches the store by photo; it takes
+    ``sightings_token`` and no other (a scope of its own: who may search everything the
+    cameras saw need not manage the gallery, and the reverse)."""
     if len(token) < 16:
         raise ValueError("the API token must be at least 16 characters")
+    if sightings is not None and (sightings_token is None or len(sightings_token) < 16 or sightings_token == token):
+        raise ValueError("the sightings API needs its own token of at least 16 characters (not the gallery's)")
     pool = InferencePool(inference_workers, queue_limit)
 
     @contextlib.asynccontextmanager
@@ -172,7 +200,8 @@ def create_app(
         version="1",
         lifespan=lifespan,
     )
-    app.add_middleware(RequestGuard, token=token, max_body_bytes=max_upload_bytes, pool=pool)
+    app.add_middleware(RequestGuard, token=token, max_body_bytes=max_upload_bytes, pool=pool,
+                       sightings_token=sightings_token if sightings is not None else None)
     app.state.inference = pool
 
     for error, code in ((IdentityNotFoundError, status.HTTP_404_NOT_FOUND),
@@ -256,6 +285,36 @@ def create_app(
         searcher = PhotoEnroller(gallery, enroller.embedder, enroller.policy, max_pixels=max_image_pixels)
         faces = await pool.run(searcher.search, photo.filename or "photo", data, k=k)
         return {"faces": [f.to_json() for f in faces]}
+
+    if sightings is not None:
+        store = sightings
+
+        @app.post("/sightings/search")
+        async def search_sightings(
+            photo: Annotated[UploadFile, File(description="a photo of the person to look for")],
+            since: Annotated[str | None, Query(description="ISO 8601 with a zone")] = None,
+            until: Annotated[str | None, Query(description="ISO 8601 with a zone")] = None,
+            camera: Annotated[list[str] | None, Query(description="stream ids (repeatable)")] = None,
+            k: Annotated[int, Query(ge=1, le=1000)] = 50,
+            thumbnails: bool = False,
+            operator: Annotated[str, Query(min_length=1, max_length=200, pattern=r"^[\w.@:-]+$",
+                                           description="who searches, for the audit log")] = "api",
+        ) -> dict[str, Any]:
+            """The sightings of the largest face of the photo, best first, with visits per camera.
+            Audited (operator, time, the photo's SHA-256, matches)."""
+            window = [_utc(v, name) for v, name in ((since, "since"), (until, "until"))]
+            data = await read_upload(photo)
+            faces = await pool.run(enroller.embedder.photo_faces, data, name=photo.filename or "photo",
+                                   max_pixels=max_image_pixels)
+            if not faces:
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "no face found in the photo")
+            largest = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+            threshold = gallery.threshold
+            hits = await asyncio.to_thread(store.search, largest.embedding, gallery.model, threshold=threshold, k=k,
+                                           since=window[0], until=window[1], cameras=camera)
+            store.audit(f"api:{operator}", "search", sum(h.decision == "match" for h in hits), data,
+                        detail=f"since={since} until={until} cameras={camera} k={k}")
+            return search_result(store, hits, space_id=gallery.model, threshold=threshold, thumbnails=thumbnails)
 
     @app.get("/stats")
     def stats() -> dict[str, Any]:

@@ -45,6 +45,10 @@ class ApiConfig(ConfigModel):
     token: SecretStr = ""  # type: ignore[assignment]  # (validated into a SecretStr)
     """Bearer token every endpoint but /health requires (at least 16 characters). Read only
     from the environment (``FACESTREAM__API__TOKEN``); never logged or printed."""
+    sightings_token: SecretStr = ""  # type: ignore[assignment]
+    """Bearer token of ``/sightings/`` (search by photo over everything the cameras saw), and
+    only of it: a scope of its own, different from ``token``. Read only from the environment
+    (``FACESTREAM__API__SIGHTINGS_TOKEN``); never logged or printed."""
     max_upload_mb: Float = Field(10.0, gt=0, le=1024)
     """Largest request body, in MiB: larger ones get 413 before they are read in full."""
     max_image_pixels: Int = Field(40_000_000, ge=144)

@@ -31,3 +31,15 @@ DEFAULT_CALIBRATIONS: dict[str, Calibration] = {
         impostor_mean=0.6152, impostor_std=0.0440, genuine_mean=0.8445, **_PAIRS,  # type: ignore[arg-type]
     ),
 }
+
+
+LINK_FMR = 1e-5
+LINK_THRESHOLDS: dict[str, float] = {
+    profile(Recognizer.DLIB).model_id: 0.9568,
+    profile(Recognizer.SFACE).model_id: 0.4959,
+    profile(Recognizer.FUSED).model_id: 0.7973,
+}
+"""The score at which two unidentified sightings are linked under one pseudonym: the
+empirical impostor quantile at FMR 1e-5 per comparison on the same CelebA ``test`` pairs
+(``benchmarks/eval_recognizers.py``, ``threshold_at_fmr_1e-5``). A new sighting is compared
+with every pseudonymous one, so the per-comparison rate must be far below the watch list's."""

@@ -294,7 +294,7 @@ class FaceStreamConfig(ConfigModel):
     api: ApiConfig = ApiConfig()
 
 
-SECRETS = {("kafka", "sasl_password"), ("api", "token")}
+SECRETS = {("kafka", "sasl_password"), ("api", "token"), ("api", "sightings_token")}
 """Settings read only from the environment."""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import getpass
 import json
 import logging
 import sys
@@ -66,6 +67,10 @@ def add_parsers(commands: Any) -> None:
     enrol.add_argument("--largest-face", action="store_true", help="enrol the largest face of photos with several")
     enrol.add_argument("--min-quality", type=quality, default=EnrolPolicy().min_quality,
                        help="refuse faces below this quality (default %(default)s)")
+    enrol.add_argument("--watch", action="store_true",
+                       help="a person to look for (e.g. missing): search the stored sightings (--sightings) at once; "
+                       "each match is printed and, with --publish, published to the alerts topic")
+    enrol.add_argument("--sightings", type=Path, metavar="DIR", help="the sightings store to re-scan with --watch")
     add_pipeline_options(enrol)
 
     actions.add_parser("list", help="all identities, one JSON object per line")
@@ -73,6 +78,8 @@ def add_parsers(commands: Any) -> None:
     show.add_argument("identity", metavar="ID")
     remove = actions.add_parser("remove", help="erase an identity, its templates and vectors")
     remove.add_argument("identity", metavar="ID")
+    remove.add_argument("--with-sightings", type=Path, metavar="DIR",
+                        help="also erase every sighting decided as this identity from this sightings store")
 
     search = actions.add_parser("search", help="who is in this photo?")
     search.add_argument("image", type=Path, metavar="IMAGE")
@@ -152,6 +159,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
         args.meta = valid.parse_metadata(args.meta)
     if getattr(args, "name", None) is not None:
         args.name = valid.display_name(args.name)
+    if command == "enrol" and (args.watch or args.sightings is not None):
+        if not (args.watch and args.sightings is not None):
+            raise ConfigError("--watch re-scans a sightings store: give both --watch and --sightings DIR")
+        if not (args.sightings / "store.sqlite").is_file():
+            raise ConfigError(f"--sightings {args.sightings}: not a sightings store (no store.sqlite)")
     if command == "import":
         readable_file(args.file, "the export to import")
     if command == "calibrate":
@@ -178,6 +190,8 @@ def _run_gallery(args: argparse.Namespace, config: FaceStreamConfig, analyzer: A
                     raise type(exc)(f"{exc}. The enrolment is saved in {gallery.path}; publish it with "
                                     f"`facestream gallery --db {gallery.path} --publish BROKERS publish "
                                     f"{args.identity}`") from None
+            if args.watch and any(i.id == args.identity for i in gallery.identities()):
+                _rescan(args, config, gallery, publisher)
             return status
         if command == "publish":
             if publisher is None:
@@ -191,7 +205,7 @@ def _run_gallery(args: argparse.Namespace, config: FaceStreamConfig, analyzer: A
         elif command == "show":
             _print(gallery.identity(args.identity).to_json())
         elif command == "remove":
-            _remove(args.identity, gallery, publisher)
+            _remove(args.identity, gallery, publisher, args.with_sightings)
         elif command == "search":
             return _search(args, gallery, analyzer)
         elif command == "stats":
@@ -234,19 +248,62 @@ def _reembed(gallery: Gallery, analyzer: FaceAnalyzer, publisher: Any) -> None:
     _print({**result, "model": gallery.model, "identities_without_chips": without, "published": published})
 
 
-def _remove(identity_id: str, gallery: Gallery, publisher: Any) -> None:
+def _remove(identity_id: str, gallery: Gallery, publisher: Any, sightings: Path | None = None) -> None:
     """Erase an identity; with --publish the changelog must acknowledge the erasure first
-    (so workers erase it too), or nothing is erased and the error says so."""
-    if publisher is not None:
-        identity = gallery.identity(identity_id)  # exists? (no publishing for a typo)
-        try:
-            publisher.publish_erasure(identity.id)
-        except FaceStreamError as exc:
-            raise type(exc)(f"{exc}. Nothing was erased; run the command again when the brokers answer") from None
-    event = gallery.remove(identity_id)
-    _print({"erased": event.identity_id, "templates_removed": event.templates_removed,
-            "event_id": event.event_id, "erased_utc": event.erased_utc,
-            "published": publisher is not None})
+    (so workers erase it too), or nothing is erased and the error says so. With
+    ``sightings``, its sightings go too (after the gallery: a retry finds them still there)."""
+    store = None
+    if sightings is not None:
+        from gallery.sightings import SightingsStore
+
+        store = SightingsStore(sightings, create=False)  # a wrong folder is an error before anything is erased
+    try:
+        if publisher is not None:
+            identity = gallery.identity(identity_id)  # exists? (no publishing for a typo)
+            try:
+                publisher.publish_erasure(identity.id)
+            except FaceStreamError as exc:
+                raise type(exc)(f"{exc}. Nothing was erased; run the command again when the brokers answer") from None
+        event = gallery.remove(identity_id)
+        record = {"erased": event.identity_id, "templates_removed": event.templates_removed,
+                  "event_id": event.event_id, "erased_utc": event.erased_utc, "published": publisher is not None}
+        if store is not None:
+            record["sightings_removed"] = store.erase_identity(identity_id)
+            store.audit(getpass.getuser(), "erase", record["sightings_removed"], detail=identity_id)
+        _print(record)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _rescan(args: argparse.Namespace, config: FaceStreamConfig, gallery: Gallery, publisher: Any) -> None:
+    """Re-scan on enrolment: every stored sighting the new identity matches becomes an alert,
+    printed as a JSON line and, with --publish, published to the alerts topic (acknowledged)."""
+    from gallery.sightings import SightingsStore
+    from stream_worker.messages.results import SightingAlert
+
+    identity = gallery.identity(args.identity)
+    vectors = np.stack([t.embedding for t in gallery.store.iter_templates()
+                        if t.identity_id == args.identity and t.model == gallery.model])
+    threshold = gallery.threshold
+    with SightingsStore(args.sightings, create=False) as store:
+        hits = store.rescan(vectors, gallery.model, threshold=threshold)
+        store.audit(getpass.getuser(), "rescan", len(hits), detail=args.identity)
+    alerts = [SightingAlert(
+        event_id=f"rescan:{args.identity}:{h.sighting.sighting_id}", identity_id=args.identity,
+        name=identity.name or args.identity, sighting_id=h.sighting.sighting_id, stream_id=h.sighting.stream_id,
+        track_id=h.sighting.track_id, first_frame=h.sighting.first_frame, last_frame=h.sighting.last_frame,
+        start_utc=h.sighting.start_utc.isoformat(), end_utc=h.sighting.end_utc.isoformat(), score=h.score,
+        threshold=threshold) for h in hits]
+    for alert in alerts:
+        _print(alert.to_json())
+    if publisher is not None and alerts:
+        from stream_worker.kafka.changelog import send_acknowledged
+
+        send_acknowledged(publisher.producer, config.kafka.alerts_topic,
+                          [(a.stream_id, a.encode()) for a in alerts], f"{len(alerts)} re-scan alerts",
+                          publisher.timeout_s)
+    log.info("re-scan of %s: %d stored sightings match", args.identity, len(alerts))
 
 
 def _search(args: argparse.Namespace, gallery: Gallery, analyzer: AnalyzerFactory) -> int:

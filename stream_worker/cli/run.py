@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from engines.errors import ConfigError
 from stream_worker.cli.files import readable_file, writable_dir, writable_file
 from stream_worker.cli.options import add_config_options, add_options, given
 from stream_worker.cli.startup import parse_sources, stop_on_signals
@@ -29,10 +32,29 @@ def add_parsers(commands: Any) -> None:
     run.add_argument("--out", type=Path, help="JSON lines file (default: standard output)")
     run.add_argument("--video-out", type=Path, help="annotated video (one file per stream when several)")
     run.add_argument("--thumbnails", type=Path, help="folder for each track's best shot")
+    run.add_argument("--sightings", type=Path, metavar="DIR",
+                     help="store every ended track in this sightings store (made if missing; `facestream sightings`)")
+    run.add_argument("--recorded-at", action="append", default=[], metavar="ID=TIME",
+                     help="a recorded file's start (ISO 8601 with a zone): its sightings are placed at TIME + pts "
+                     "(default: when each frame was processed)")
+    run.add_argument("--watch-list-only", action="store_true",
+                     help="with --sightings: store only tracks named as an enrolled person")
     run.add_argument("--control-file", type=Path, help="add/remove streams while running: lines 'add ID URI', 'remove ID'")
     add_options(run, "gallery", "kafka-out", "metrics", "runtime", "models", "recovery")
     add_config_options(run)
     run.set_defaults(handler=run_worker)
+
+
+def _recorded_at(specs: list[str], stream_ids: set[str]) -> dict[str, datetime]:
+    from stream_worker.cli.sightings import parse_utc
+
+    out = {}
+    for spec in specs:
+        stream_id, sep, text = spec.partition("=")
+        if not sep or stream_id not in stream_ids:
+            raise ConfigError(f"--recorded-at {spec!r}: give ID=TIME for one of the streams ({', '.join(sorted(stream_ids))})")
+        out[stream_id] = parse_utc(text, f"--recorded-at {stream_id}")
+    return out
 
 
 def known_frames(uri: str) -> int | None:
@@ -58,6 +80,11 @@ def run_worker(args: argparse.Namespace, config: FaceStreamConfig) -> int:
         writable_file(args.video_out, "--video-out")
     if args.thumbnails is not None:
         writable_dir(args.thumbnails, "--thumbnails", create=True)
+    recorded_at = _recorded_at(args.recorded_at, {sid for sid, _ in sources})
+    if args.sightings is not None:
+        writable_dir(args.sightings, "--sightings", create=True)
+    elif args.watch_list_only or recorded_at:
+        raise ConfigError("--watch-list-only and --recorded-at need --sightings")
     if config.stream.recovery_reference is not None:
         readable_file(config.stream.recovery_reference, "stream.recovery_reference (--recover-with)", max_bytes=1 << 50)
     from tqdm import tqdm
@@ -88,6 +115,15 @@ def run_worker(args: argparse.Namespace, config: FaceStreamConfig) -> int:
                 ensure_topics(config.kafka)
             kafka = KafkaSink(config.kafka)
             sinks.append(kafka)
+        store = None
+        if args.sightings is not None:
+            from gallery.sightings import SightingsStore
+            from stream_worker.local.sightings_sink import SightingsSink
+
+            store = SightingsStore(args.sightings)
+            sightings = SightingsSink(store, pipeline.multitask.model_id, min_quality=config.pipeline.identify.min_quality,
+                                       recorded_at=recorded_at, watch_list_only=args.watch_list_only)
+            sinks.append(sightings)
         metrics = WorkerMetrics()
         worker = Worker(pipeline, sinks, config.stream, metrics=metrics)
         server = None
@@ -104,8 +140,12 @@ def run_worker(args: argparse.Namespace, config: FaceStreamConfig) -> int:
             server.shutdown()
         if gallery is not None:
             gallery.close()
+        if store is not None:
+            store.close()
     report = summary.to_json()
     report["engine"] = runtime.describe()
+    if store is not None:  # tracks stored, replayed, and left out (too short, too poor, not on the watch list)
+        report["sightings"] = dataclasses.asdict(sightings.counts)
     print(json.dumps({"summary": report}), file=sys.stderr)
     if summary.stopped_by is not None:
         print(f"facestream: error: the run stopped early: {summary.stopped_by}", file=sys.stderr)

@@ -57,6 +57,23 @@ class ChangelogNotAcknowledgedError(KafkaUnavailableError):
     """The brokers did not acknowledge a changelog record: the workers may not have it."""
 
 
+def send_acknowledged(producer: Any, topic: str, records: list[tuple[str, bytes | None]], what: str,
+                      timeout_s: float) -> None:
+    """Send keyed records and wait until the brokers acknowledge every one (acks=all), or
+    raise :class:`ChangelogNotAcknowledgedError` naming ``what``."""
+    from kafka.errors import KafkaError
+
+    futures = [producer.send(topic, key=key.encode(), value=value) for key, value in records]
+    try:
+        producer.flush(timeout=timeout_s)
+        for future in futures:
+            future.get(timeout=0)  # raises the delivery error, or a timeout for one still in flight
+    except KafkaError as exc:
+        raise ChangelogNotAcknowledgedError(
+            f"{what} was not acknowledged by {topic} within {timeout_s:g} s ({type(exc).__name__}: {exc})"
+        ) from None
+
+
 class GalleryPublisher:
     """Publishes a gallery's enrolments and erasures, and waits until the brokers have
     acknowledged each (acks=all); a record that is not acknowledged raises
@@ -68,18 +85,7 @@ class GalleryPublisher:
         self.timeout_s = timeout_s
 
     def _send(self, records: list[tuple[str, bytes | None]], what: str) -> None:
-        from kafka.errors import KafkaError
-
-        futures = [self.producer.send(self.topic, key=key.encode(), value=value) for key, value in records]
-        try:
-            self.producer.flush(timeout=self.timeout_s)
-            for future in futures:
-                future.get(timeout=0)  # raises the delivery error, or a timeout for one still in flight
-        except KafkaError as exc:
-            raise ChangelogNotAcknowledgedError(
-                f"{what} was not acknowledged by the changelog {self.topic} within {self.timeout_s:g} s "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
+        send_acknowledged(self.producer, self.topic, records, what, self.timeout_s)
 
     def publish_identity(self, gallery: Gallery, identity_id: str) -> None:
         record = identity_record(gallery, identity_id)

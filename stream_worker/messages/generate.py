@@ -18,10 +18,12 @@ from stream_worker.messages.results import (
     FRAME_SCHEMA,
     RETRACTION_SCHEMA,
     SCHEMA_DIR,
+    SIGHTING_ALERT_SCHEMA,
     TRACK_SCHEMA,
     FrameInputHeaders,
     FrameResult,
     Retraction,
+    SightingAlert,
     TrackEvent,
 )
 from stream_worker.messages.state import CHECKPOINT_FORMAT, PartitionCheckpoint
@@ -30,6 +32,7 @@ SCHEMAS: dict[str, tuple[str, Any, str]] = {
     "frame.v1": (FRAME_SCHEMA, FrameResult, "frame result"),
     "track.v1": (TRACK_SCHEMA, TrackEvent, "track event"),
     "retraction.v1": (RETRACTION_SCHEMA, Retraction, "retraction"),
+    "sighting-alert.v1": (SIGHTING_ALERT_SCHEMA, SightingAlert, "sighting alert (re-scan on enrolment)"),
     "frame-input.v1": (FRAME_INPUT_SCHEMA, FrameInputHeaders, "frames-topic message headers"),
     "partition-checkpoint.v1": (CHECKPOINT_FORMAT, PartitionCheckpoint, "partition checkpoint (state topic)"),
 }

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 FRAME_SCHEMA = "facestream.frame/1"
 TRACK_SCHEMA = "facestream.track/1"
 RETRACTION_SCHEMA = "facestream.retraction/1"
+SIGHTING_ALERT_SCHEMA = "facestream.sighting-alert/1"
 """An erased identity: the event ids, on one stream, of messages that carried it."""
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
@@ -294,3 +295,27 @@ class FrameInputHeaders(Message):
     """Presentation time of the (first) frame, ms."""
     fps: str | None = Field(None, alias="fs-fps", pattern=r"^[0-9]+(\.[0-9]+)?$", exclude_if=_is_none)
     """Video chunks: frame rate, timing the chunk's later frames."""
+
+
+class SightingAlert(Message):
+    """A stored sighting matches a person just enrolled on the watch list (``gallery enrol
+    --watch``): published on the alerts topic, keyed by the sighting's stream id."""
+
+    schema_id: Literal["facestream.sighting-alert/1"] = Field(SIGHTING_ALERT_SCHEMA, alias="schema")
+    event_id: str
+    """Deterministic: rescan:<identity id>:<sighting id>."""
+    type: Literal["sighting_matched"] = "sighting_matched"
+    identity_id: str
+    name: str
+    sighting_id: str
+    stream_id: str = Field(min_length=1)
+    track_id: int = Field(ge=1)
+    first_frame: int = Field(ge=0)
+    last_frame: int = Field(ge=0)
+    start_utc: str
+    end_utc: str
+    score: float
+    """Best cosine between the enrolled templates and the sighting's embeddings (4 decimals)."""
+    threshold: float
+
+    _score = field_validator("score", "threshold")(lambda v: round(v, 4))

@@ -13,6 +13,7 @@ import jsonschema
 import numpy as np
 
 from engines.store.model_store import ModelStore
+from gallery.sightings import SightingsStore
 from stream_worker.config import StreamConfig
 from stream_worker.local.sinks import JsonLinesSink
 from stream_worker.local.sources import open_source
@@ -113,7 +114,9 @@ def test_run_command(model_store: ModelStore, short_clip: tuple[Path, int], tmp_
     out = tmp_path / "results.jsonl"
     clip, frames = short_clip
     result = run(["run", "--source", f"clip={clip}", "--source", str(tmp_path / "missing.mp4"),
-                  "--out", str(out), "--thumbnails", str(tmp_path / "thumbs"), "--device", "cpu"], model_store.home)
+                  "--out", str(out), "--thumbnails", str(tmp_path / "thumbs"), "--device", "cpu",
+                  "--sightings", str(tmp_path / "sightings"), "--recorded-at", "clip=2026-11-28T10:00:00Z"],
+                 model_store.home)
     assert result.returncode == 1  # one stream failed; the other was processed whole
     summary = json.loads(result.stderr.strip().splitlines()[-1])["summary"]
     assert summary["streams"]["clip"]["frames_processed"] == frames
@@ -124,3 +127,8 @@ def test_run_command(model_store: ModelStore, short_clip: tuple[Path, int], tmp_
     for message in messages:
         jsonschema.validate(message, schema_for(message["schema"]))
     assert len(list((tmp_path / "thumbs" / "clip").glob("track-*.jpg"))) == summary["tracks"]
+    # --sightings: every ended track stored (placed at --recorded-at + pts) or counted as left out
+    counts = summary["sightings"]
+    assert counts["stored"] + counts["too_short"] + counts["too_poor"] == summary["tracks"]
+    with SightingsStore(tmp_path / "sightings", create=False) as sightings:
+        assert sightings.count() == counts["stored"] and [d.isoformat() for d in sightings.days()] == ["2026-11-28"]
