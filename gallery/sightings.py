@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from pathlib import Path
 
 import faiss
@@ -69,6 +70,15 @@ _STORE_SCHEMA = (
         PRIMARY KEY (pseudonym, identity_id))""",
     "CREATE TABLE IF NOT EXISTS merges (pseudonym TEXT PRIMARY KEY, merged_into TEXT NOT NULL, at TEXT NOT NULL)",
 )
+
+
+@cache
+def space_dims() -> dict[str, int]:
+    """Embedding-space id -> dimensions, of every recognizer FaceStream ships."""
+    from engines.config import Recognizer
+    from engines.multitask.recognizers import profile
+
+    return {profile(r).model_id: profile(r).dim for r in Recognizer}
 
 
 class SightingsError(GalleryError):
@@ -118,7 +128,14 @@ class Sighting:
                                  f"got shape {v.shape}")
         if self.thumbnail is not None and len(self.thumbnail) > MAX_THUMBNAIL_BYTES:
             raise SightingsError(f"sighting {self.sighting_id}: the thumbnail is over {MAX_THUMBNAIL_BYTES} bytes")
-        object.__setattr__(self, "vectors", v / np.linalg.norm(v, axis=1, keepdims=True))
+        dim = space_dims().get(self.space_id)
+        if dim is None:
+            raise SightingsError(f"sighting {self.sighting_id}: unknown embedding space {self.space_id!r}")
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        if v.shape[1] != dim or (norms < 1e-6).any():
+            raise SightingsError(f"sighting {self.sighting_id}: {self.space_id} embeddings have {dim} dimensions and "
+                                 f"are not zero; got {v.shape[1]}")
+        object.__setattr__(self, "vectors", v / norms)
 
     @property
     def day(self) -> date:
@@ -241,16 +258,17 @@ class _Partition:
         return self._index[space_id]
 
     def sightings(self, ids: Sequence[str]) -> list[Sighting]:
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        rows = self._db.execute(f"SELECT * FROM sightings WHERE id IN ({marks})", tuple(ids)).fetchall()  # noqa: S608
-        vectors: dict[str, list[np.ndarray]] = {}
-        for sid, blob in self._db.execute(
-                f"SELECT sighting_id, vector FROM vectors WHERE sighting_id IN ({marks}) ORDER BY rank",  # noqa: S608
-                tuple(ids)):
-            vectors.setdefault(sid, []).append(np.frombuffer(blob, np.float32))
-        return [_row_to_sighting(r, np.stack(vectors[r[0]])) for r in rows]
+        out = []
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT * FROM sightings WHERE id IN ({marks})", chunk).fetchall()  # noqa: S608
+            vectors: dict[str, list[np.ndarray]] = {}
+            for sid, blob in self._db.execute(
+                    f"SELECT sighting_id, vector FROM vectors WHERE sighting_id IN ({marks}) ORDER BY rank",  # noqa: S608
+                    chunk):
+                vectors.setdefault(sid, []).append(np.frombuffer(blob, np.float32))
+            out += [_row_to_sighting(r, np.stack(vectors[r[0]])) for r in rows]
+        return out
 
     def erase_identity(self, identity_id: str) -> int:
         self._db.execute("BEGIN IMMEDIATE")
@@ -268,15 +286,28 @@ class _Partition:
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM sightings").fetchone()[0])
 
-    def pseudonyms(self) -> dict[str, str]:
-        """Sighting id -> pseudonym, for the sightings that have one."""
-        return dict(self._db.execute("SELECT id, pseudonym FROM sightings WHERE pseudonym IS NOT NULL"))
+    def pseudonyms(self, ids: Sequence[str] | None = None) -> dict[str, str]:
+        """Sighting id -> pseudonym, for the sightings (of ``ids``, or all) that have one."""
+        if ids is None:
+            return dict(self._db.execute("SELECT id, pseudonym FROM sightings WHERE pseudonym IS NOT NULL"))
+        out: dict[str, str] = {}
+        for chunk in _chunks(ids):
+            out.update(self._db.execute(f"SELECT id, pseudonym FROM sightings WHERE pseudonym IS NOT NULL AND id IN "  # noqa: S608
+                                        f"({','.join('?' * len(chunk))})", chunk))
+        return out
 
     def update(self, sql: str, args: tuple) -> int:  # type: ignore[type-arg]
         return int(self._db.execute(sql, args).rowcount)
 
     def rows(self, sql: str) -> list[tuple]:  # type: ignore[type-arg]
         return self._db.execute(sql).fetchall()
+
+
+def _chunks(ids: Sequence[str], size: int = 500) -> Iterator[tuple[str, ...]]:
+    """Ids in groups small enough for one SQL statement's parameters."""
+    items = list(ids)
+    for start in range(0, len(items), size):
+        yield tuple(items[start:start + size])
 
 
 def _row_to_sighting(r: tuple, vectors: np.ndarray) -> Sighting:  # type: ignore[type-arg]
@@ -381,21 +412,24 @@ class SightingsStore:
         return self.link_thresholds[space_id]
 
     def _links(self, vectors: np.ndarray, space_id: str) -> dict[str, float]:
-        """Pseudonym -> the best score between ``vectors`` and any of its sightings' vectors."""
+        """Pseudonym -> the best score between ``vectors`` and any of its sightings' vectors,
+        for the pseudonyms that reach the link threshold (a FAISS range search: a new face
+        costs one pass over the vectors, not a load of every stranger)."""
+        threshold = self.link_threshold(space_id)
         best: dict[str, float] = {}
         for partition in self._open_partitions(None, None):
             if partition is None or (built := partition.index(space_id)) is None:
                 continue
             index, owners = built
-            named = partition.pseudonyms()
-            if not named:
-                continue
-            scores, rows = index.search(np.ascontiguousarray(vectors, np.float32), index.ntotal)
-            for score_row, row_row in zip(scores, rows, strict=True):
-                for score, row in zip(score_row, row_row, strict=True):
-                    pseudonym = named.get(str(owners[row])) if row >= 0 else None
-                    if pseudonym is not None and score > best.get(pseudonym, -2.0):
-                        best[pseudonym] = float(score)
+            if index.d != vectors.shape[1]:
+                raise SightingsError(f"embeddings of {vectors.shape[1]} dimensions, space {space_id} has {index.d}")
+            _, scores, rows = index.range_search(np.ascontiguousarray(vectors, np.float32), threshold - 1e-6)
+            near: dict[str, float] = {}
+            for score, row in zip(scores, rows, strict=True):
+                sid = str(owners[row])
+                near[sid] = max(near.get(sid, -2.0), float(score))
+            for sid, pseudonym in partition.pseudonyms(list(near)).items():
+                best[pseudonym] = max(best.get(pseudonym, -2.0), near[sid])
         return best
 
     def _members(self, pseudonym: str, space_id: str) -> np.ndarray:
@@ -517,19 +551,27 @@ class SightingsStore:
                 index, owners = built
                 if index.d != q.shape[1]:
                     raise SightingsError(f"the query has {q.shape[1]} dimensions, space {space_id} has {index.d}")
-                scores, rows = index.search(q, index.ntotal)
-                best: dict[str, float] = {}
-                for score, row in zip(scores[0], rows[0], strict=True):
-                    if row >= 0:
-                        sid = str(owners[row])
-                        best[sid] = max(best.get(sid, -1.0), float(score))
-                for s in partition.sightings(list(best)):
-                    if wanted is not None and s.stream_id not in wanted:
-                        continue
-                    if (since is not None and s.end_utc < since) or (until is not None and s.start_utc > until):
-                        continue
-                    score = best[s.sighting_id]
-                    hits.append(SightingHit(s, score, "match" if score >= threshold else "unknown"))
+                # the nearest vectors first, widened until k sightings pass the filters (or all are seen)
+                wanted_vectors = min(index.ntotal, MAX_VECTORS * k * 4)
+                while True:
+                    scores, rows = index.search(q, wanted_vectors)
+                    best: dict[str, float] = {}
+                    for score, row in zip(scores[0], rows[0], strict=True):
+                        if row >= 0:
+                            sid = str(owners[row])
+                            best[sid] = max(best.get(sid, -1.0), float(score))
+                    found = []
+                    for s in partition.sightings(list(best)):
+                        if wanted is not None and s.stream_id not in wanted:
+                            continue
+                        if (since is not None and s.end_utc < since) or (until is not None and s.start_utc > until):
+                            continue
+                        score = best[s.sighting_id]
+                        found.append(SightingHit(s, score, "match" if score >= threshold else "unknown"))
+                    if len(found) >= k or wanted_vectors >= index.ntotal:
+                        break
+                    wanted_vectors = min(index.ntotal, wanted_vectors * 4)
+                hits += found
         hits.sort(key=lambda h: (-h.score, h.sighting.start_utc))
         return hits[:k]
 

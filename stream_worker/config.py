@@ -199,7 +199,7 @@ class KafkaConfig(ConfigModel):
     detections_topic: str = "faces.detections"
     """Every processed frame's result (facestream.frame/1)."""
     tracks_topic: str = "faces.tracks"
-    """Track events (facestream.track/1)."""
+    """Track events (facestream.track/2)."""
     alerts_topic: str = "faces.alerts"
     """Watch-list hits: every track identified as (or changed to) a gallery identity."""
     dead_letter_topic: str = "faces.dead-letter"
@@ -208,6 +208,12 @@ class KafkaConfig(ConfigModel):
     """Each ended track's best-shot JPEG, keyed ``<stream>:track:<id>``, which its summary's
     ``best_shot.thumbnail`` refers to as ``kafka:<topic>/<key>`` (unless the worker writes
     best shots to a --thumbnails folder); empty: off."""
+    embeddings_topic: str = "faces.embeddings"
+    """Each ended track's embeddings and best shot (facestream.track-embeddings/1), keyed by
+    stream id, for the sightings service: biometric data, kept off the tracks topic so that
+    consumers that must not see it never read it; empty: off."""
+    sightings_group_id: str = Field("facestream-sightings", min_length=1)
+    """The consumer group of ``facestream sightings serve`` (on the embeddings topic)."""
     gallery_topic: str = "faces.gallery"
     """Compacted gallery changelog (enrolments, tombstones, erasure events); empty: off."""
     state_topic: str = "faces.worker-state"

@@ -302,7 +302,7 @@ def _rescan(args: argparse.Namespace, config: FaceStreamConfig, gallery: Gallery
 
         send_acknowledged(publisher.producer, config.kafka.alerts_topic,
                           [(a.stream_id, a.encode()) for a in alerts], f"{len(alerts)} re-scan alerts",
-                          publisher.timeout_s)
+                          publisher.timeout_s, f"the alerts topic {config.kafka.alerts_topic}")
     log.info("re-scan of %s: %d stored sightings match", args.identity, len(alerts))
 
 

@@ -121,7 +121,7 @@ def run_worker(args: argparse.Namespace, config: FaceStreamConfig) -> int:
             from stream_worker.local.sightings_sink import SightingsSink
 
             store = SightingsStore(args.sightings)
-            sightings = SightingsSink(store, pipeline.multitask.model_id, min_quality=config.pipeline.identify.min_quality,
+            sightings = SightingsSink(store, min_quality=config.pipeline.identify.min_quality,
                                        recorded_at=recorded_at, watch_list_only=args.watch_list_only)
             sinks.append(sightings)
         metrics = WorkerMetrics()

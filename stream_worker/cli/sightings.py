@@ -97,6 +97,19 @@ def add_parsers(commands: Any) -> None:
     add_config_options(reject)
     reject.set_defaults(handler=run_reject)
 
+    serve = actions.add_parser(
+        "serve", help="the sightings service: the Kafka embeddings topic into a sightings store",
+        description="Consumes the embeddings topic (kafka.embeddings_topic) in its own consumer group "
+        "(kafka.sightings_group_id) and stores each ended track as a sighting; offsets are committed only after "
+        "the sightings are stored, and a replayed track never makes a second sighting. Stops on SIGTERM/SIGINT.")
+    serve.add_argument("--store", type=Path, required=True, metavar="DIR", help="the sightings store (made if missing)")
+    serve.add_argument("--min-frames", type=int, default=3, help="tracks seen on fewer frames are counted, not stored")
+    serve.add_argument("--watch-list-only", action="store_true", help="store only tracks named as an enrolled person")
+    serve.add_argument("--idle-exit-ms", type=int, default=0, help="exit after this long without a record (0: never)")
+    add_options(serve, "bootstrap")
+    add_config_options(serve)
+    serve.set_defaults(handler=run_serve)
+
     audit = actions.add_parser("audit", help="print the audit log (JSON lines)")
     audit.add_argument("--store", type=Path, required=True, metavar="DIR")
     add_config_options(audit)
@@ -185,4 +198,26 @@ def run_reject(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     with _open(args.store) as store:
         s = store.reject(args.sighting, args.identity, args.operator or getpass.getuser())
     print(json.dumps({"sighting_id": s.sighting_id, "pseudonym": s.pseudonym, "rejected_identity": args.identity}))
+    return 0
+
+
+def run_serve(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+    from gallery.sightings import SightingsStore
+    from stream_worker.cli.files import writable_dir
+    from stream_worker.cli.startup import stop_on_signals
+    from stream_worker.kafka.client import ensure_topics
+    from stream_worker.kafka.sightings_service import SightingsService
+    from stream_worker.sightings_feed import SightingsFeed
+
+    if args.min_frames < 1 or args.idle_exit_ms < 0:
+        raise ConfigError("--min-frames must be at least 1 and --idle-exit-ms at least 0")
+    writable_dir(args.store, "--store", create=True)
+    stop = stop_on_signals()
+    if config.kafka.create_topics:
+        ensure_topics(config.kafka)
+    with SightingsStore(args.store) as store:
+        feed = SightingsFeed(store, min_frames=args.min_frames, min_quality=config.pipeline.identify.min_quality,
+                             watch_list_only=args.watch_list_only)
+        counts = SightingsService(config.kafka, feed, idle_exit_ms=args.idle_exit_ms).run(stop)
+    print(json.dumps({"summary": counts}), file=sys.stderr)
     return 0

@@ -58,9 +58,9 @@ class ChangelogNotAcknowledgedError(KafkaUnavailableError):
 
 
 def send_acknowledged(producer: Any, topic: str, records: list[tuple[str, bytes | None]], what: str,
-                      timeout_s: float) -> None:
+                      timeout_s: float, where: str = "") -> None:
     """Send keyed records and wait until the brokers acknowledge every one (acks=all), or
-    raise :class:`ChangelogNotAcknowledgedError` naming ``what``."""
+    raise :class:`ChangelogNotAcknowledgedError` naming ``what`` and ``where`` (the topic)."""
     from kafka.errors import KafkaError
 
     futures = [producer.send(topic, key=key.encode(), value=value) for key, value in records]
@@ -70,7 +70,7 @@ def send_acknowledged(producer: Any, topic: str, records: list[tuple[str, bytes 
             future.get(timeout=0)  # raises the delivery error, or a timeout for one still in flight
     except KafkaError as exc:
         raise ChangelogNotAcknowledgedError(
-            f"{what} was not acknowledged by {topic} within {timeout_s:g} s ({type(exc).__name__}: {exc})"
+            f"{what} was not acknowledged by {where or topic} within {timeout_s:g} s ({type(exc).__name__}: {exc})"
         ) from None
 
 
@@ -85,7 +85,7 @@ class GalleryPublisher:
         self.timeout_s = timeout_s
 
     def _send(self, records: list[tuple[str, bytes | None]], what: str) -> None:
-        send_acknowledged(self.producer, self.topic, records, what, self.timeout_s)
+        send_acknowledged(self.producer, self.topic, records, what, self.timeout_s, f"the changelog {self.topic}")
 
     def publish_identity(self, gallery: Gallery, identity_id: str) -> None:
         record = identity_record(gallery, identity_id)

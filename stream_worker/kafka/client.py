@@ -96,7 +96,7 @@ def ensure_topics(config: KafkaConfig) -> None:
             NewTopic(config.frames_topic, config.frames_partitions, config.replication_factor),
             *(NewTopic(t, config.frames_partitions, config.replication_factor)
               for t in (config.detections_topic, config.tracks_topic, config.alerts_topic, config.dead_letter_topic,
-                        config.thumbnails_topic) if t),
+                        config.thumbnails_topic, config.embeddings_topic) if t),
             NewTopic(config.state_topic, 1, config.replication_factor, topic_configs=compact),
         ]
         if config.gallery_topic:

@@ -4,7 +4,8 @@
 Each frame result goes to the detections topic and each track event to the tracks topic
 (``track_identified`` also to the alerts topic), as JSON keyed by stream id with the
 ``fs-schema``, ``fs-event-id`` and ``fs-stream-id`` headers. A best shot whose
-``track_ended`` summary refers to the thumbnails topic goes there, before the event. The
+``track_ended`` summary refers to the thumbnails topic goes there, before the event, and
+the track's embeddings and best shot go to the embeddings topic (for the sightings service). The
 publisher remembers, per identity and stream, the event ids it published carrying the
 identity, so that an erasure can be retracted (:meth:`KafkaPublisher.retract`).
 """
@@ -25,7 +26,14 @@ from stream_worker.kafka.wire import (
     thumbnail_key,
     thumbnail_reference,
 )
-from stream_worker.messages.results import FrameResult, Retraction, TrackEnded, TrackEvent, TrackIdentified
+from stream_worker.messages.results import (
+    FrameResult,
+    Retraction,
+    TrackEmbeddings,
+    TrackEnded,
+    TrackEvent,
+    TrackIdentified,
+)
 from stream_worker.pipeline.face_pipeline import FrameOutput
 
 log = logging.getLogger(__name__)
@@ -78,6 +86,11 @@ class KafkaPublisher:
         for event in events:
             if isinstance(event, TrackEnded) and event.track_id in thumbnails:
                 self._best_shot(stream_id, event, thumbnails[event.track_id])
+            if isinstance(event, TrackEnded) and self.config.embeddings_topic:
+                embeddings = TrackEmbeddings.of(event, thumbnails.get(event.track_id))
+                if embeddings is not None:  # biometrics on their own topic, before the event itself
+                    self.send(self.config.embeddings_topic, stream_id, embeddings.encode(),
+                              result_headers(embeddings))
             self.publish(self.config.tracks_topic, event)
             if event.identity is not None:
                 self._remember(event.identity.identity_id, event.stream_id, event.event_id)

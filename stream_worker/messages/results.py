@@ -6,6 +6,10 @@
   (first identification and every change) and :class:`TrackEnded` (with a
   :class:`TrackSummary`); :data:`TrackEvent` is their union, told apart by ``type``.
 - :class:`Retraction`: an erased identity's event ids on one stream.
+- :class:`TrackEmbeddings` (topic ``faces.embeddings``): an ended track's embeddings and
+  best shot, for the sightings store; biometric, so kept off the tracks topic.
+- :class:`SightingAlert` (alerts topic): a stored sighting matches a person just put on the
+  watch list.
 
 Event ids are built from the stream, frame index and track id only, so reprocessing the
 same input gives the same ids and consumers can drop duplicates after a crash. The JSON
@@ -15,20 +19,23 @@ Schema files in ``schemas/`` are generated from these models
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 FRAME_SCHEMA = "facestream.frame/1"
-TRACK_SCHEMA = "facestream.track/1"
+TRACK_SCHEMA = "facestream.track/2"
+EMBEDDINGS_SCHEMA = "facestream.track-embeddings/1"
 RETRACTION_SCHEMA = "facestream.retraction/1"
-SIGHTING_ALERT_SCHEMA = "facestream.sighting-alert/1"
 """An erased identity: the event ids, on one stream, of messages that carried it."""
+SIGHTING_ALERT_SCHEMA = "facestream.sighting-alert/1"
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
 
@@ -203,12 +210,15 @@ class TrackSummary(Message):
     votes: tuple[Vote, ...]
     age: AgeEstimate
     gender: GenderEstimate
-    embedding: tuple[float, ...]
-    """The best shot's L2-normalised identity embedding."""
+    first_utc: str | None
+    """When the track's first frame was received (ISO 8601, UTC; None in the rare case it is
+    not known). Embeddings are not here: they are biometric data, published on a topic of
+    their own (:class:`TrackEmbeddings`)."""
+    last_utc: str | None
 
 
 class _TrackEventBase(Message):
-    schema_id: Literal["facestream.track/1"] = Field(TRACK_SCHEMA, alias="schema")
+    schema_id: Literal["facestream.track/2"] = Field(TRACK_SCHEMA, alias="schema")
     event_id: str
     """Deterministic: stream:track:id:started | identified:frame | ended."""
     stream_id: str = Field(min_length=1)
@@ -246,10 +256,23 @@ class TrackIdentified(_TrackEventBase):
 
 
 class TrackEnded(_TrackEventBase):
-    """A track ended (missed too long, the stream ended, its partition moved)."""
+    """A track ended (missed too long, the stream ended, its partition moved).
+
+    In the process, the event also carries the track's embeddings (:attr:`embeddings`, a
+    private attribute: never serialised, so never on the tracks topic), for the sinks that
+    publish or store them."""
 
     type: Literal["track_ended"] = "track_ended"
     summary: TrackSummary
+    _embeddings: "TrackShots | None" = PrivateAttr(default=None)
+
+    @property
+    def embeddings(self) -> "TrackShots | None":
+        return self._embeddings
+
+    def with_embeddings(self, shots: "TrackShots") -> "TrackEnded":
+        self._embeddings = shots
+        return self
 
 
 TrackEvent = Annotated[TrackStarted | TrackIdentified | TrackEnded, Field(discriminator="type")]
@@ -319,3 +342,59 @@ class SightingAlert(Message):
     threshold: float
 
     _score = field_validator("score", "threshold")(lambda v: round(v, 4))
+
+
+@dataclass(frozen=True)
+class TrackShots:
+    """A track's embeddings, best shot first (in-process; see :class:`TrackEmbeddings`)."""
+
+    space_id: str
+    qualities: np.ndarray
+    vectors: np.ndarray
+
+
+class EmbeddingRecord(Message):
+    quality: float
+    vector: str
+    """Little-endian float32, base64."""
+
+
+class TrackEmbeddings(Message):
+    """What the sightings store needs of an ended track, biometrics included: published on
+    the embeddings topic (``faces.embeddings``), keyed by stream id like the tracks, so that
+    consumers that must not see biometrics never read them. ``event_id`` is the
+    ``track_ended`` event's."""
+
+    schema_id: Literal["facestream.track-embeddings/1"] = Field(EMBEDDINGS_SCHEMA, alias="schema")
+    event_id: str
+    stream_id: str = Field(min_length=1)
+    track_id: int = Field(ge=1)
+    identity: IdentityRef | None = Field(None, exclude_if=_is_none)
+    summary: TrackSummary
+    space_id: str = Field(min_length=1)
+    embeddings: tuple[EmbeddingRecord, ...] = Field(min_length=1, max_length=5)
+    """The best shot's first, then up to 4 others kept for diversity."""
+    thumbnail_jpeg: str | None = None
+    """The best-shot JPEG, base64."""
+
+    @classmethod
+    def of(cls, event: TrackEnded, jpeg: bytes | None) -> "TrackEmbeddings | None":
+        shots = event.embeddings
+        if shots is None:
+            return None
+        records = tuple(EmbeddingRecord(quality=round(float(q), 4),
+                                        vector=base64.b64encode(np.ascontiguousarray(v, "<f4").tobytes()).decode())
+                        for q, v in zip(shots.qualities, shots.vectors, strict=True))
+        return cls(event_id=event.event_id, stream_id=event.stream_id, track_id=event.track_id,
+                   identity=event.identity, summary=event.summary, space_id=shots.space_id, embeddings=records,
+                   thumbnail_jpeg=None if jpeg is None else base64.b64encode(jpeg).decode())
+
+    def vectors(self) -> np.ndarray:
+        """(n, dim) float32; a vector that does not decode is :class:`ValueError`."""
+        try:
+            rows = [np.frombuffer(base64.b64decode(e.vector, validate=True), "<f4") for e in self.embeddings]
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{self.event_id}: an embedding is not base64 float32 ({exc})") from None
+        if len({len(r) for r in rows}) != 1 or not 1 <= len(rows[0]) <= 4096:
+            raise ValueError(f"{self.event_id}: embeddings of different or impossible sizes")
+        return np.stack(rows).astype(np.float32)

@@ -101,6 +101,11 @@ class BestShotState(Message):
     jpeg_ref: str | None = None
 
 
+class ShotState(Message):
+    quality: float
+    embedding: PackedArray
+
+
 class VoteState(Message):
     name: str
     weight: float
@@ -128,6 +133,11 @@ class TrackRecord(Message):
     """Recent (age, weight) samples, oldest first."""
     male_weighted: float
     weight: float
+    first_utc: str | None = None
+    """When the track's first frame was received (ISO 8601 UTC); absent in older checkpoints."""
+    last_utc: str | None = None
+    shots: tuple[ShotState, ...] = ()
+    """Up to 4 embedded faces besides the best shot, kept for diversity (sightings)."""
 
 
 class StreamCheckpoint(Message):

@@ -53,6 +53,7 @@ from stream_worker.messages.results import (
     TrackEnded,
     TrackEvent,
     TrackIdentified,
+    TrackShots,
     TrackStarted,
 )
 from stream_worker.messages.state import StreamCheckpoint
@@ -301,7 +302,8 @@ class FacePipeline:
         state.last_frame = frame.index
         events: list[TrackEvent] = []
         for track_id in update.started:
-            state.tracks[track_id] = TrackState(frame.stream_id, track_id, frame.index, frame.pts_ms, self.config.identify)
+            state.tracks[track_id] = TrackState(frame.stream_id, track_id, frame.index, frame.pts_ms,
+                                                self.config.identify, first_utc=frame.received)
             events.append(TrackStarted(stream_id=frame.stream_id, track_id=track_id, frame_index=frame.index,
                                        pts_ms=frame.pts_ms))
         fresh = {face: j for j, face in enumerate(rows)}
@@ -320,12 +322,12 @@ class FacePipeline:
                     frame.index, frame.pts_ms, faces.boxes[i], float(analysed.qualities[j]), float(analysed.ages[j]),
                     float(analysed.male_probs[j]),
                     analysed.embeddings[j] if np.isfinite(analysed.embeddings[j]).all() else None,
-                    float(analysed.sharpness[j]),
+                    float(analysed.sharpness[j]), frame.received,
                 )
                 if improved and track.best is not None:
                     track.best.jpeg = self._thumbnail(frame.image, faces.boxes[i])
             elif track is not None:
-                track.seen(frame.index, frame.pts_ms)
+                track.seen(frame.index, frame.pts_ms, frame.received)
             traits.append(self._traits(faces, i, poses[i], track, analysed, j))
         thumbnails = {}
         for track_id in update.ended:
@@ -408,6 +410,9 @@ class FacePipeline:
         reference = self.thumbnail_ref(stream_id, track_id) if jpeg else None
         event = TrackEnded(stream_id=stream_id, track_id=track_id, frame_index=track.last_frame,
                            pts_ms=track.last_pts_ms, identity=track.identity, summary=track.summary(reference))
+        if track.best is not None:  # in-process only: the sinks that publish or store embeddings take them
+            qualities, vectors = track.embeddings
+            event.with_embeddings(TrackShots(self.multitask.profile.model_id, qualities, vectors))
         return event, jpeg
 
     # --- checkpoints (Kafka: a partition's streams move between workers) ---------------------

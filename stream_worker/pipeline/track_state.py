@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -32,11 +33,33 @@ from stream_worker.messages.results import (
 from stream_worker.messages.state import (
     BestShotState,
     PackedArray,
+    ShotState,
     TrackRecord,
     VoteState,
     pack_bytes,
     unpack_bytes,
 )
+
+MAX_OTHER_SHOTS = 4
+"""Embedded faces kept per track besides the best shot (for the sightings store)."""
+
+
+def keep_diverse(shots: list[tuple[float, np.ndarray]], best: np.ndarray | None,
+                 limit: int = MAX_OTHER_SHOTS) -> list[tuple[float, np.ndarray]]:
+    """At most ``limit`` of ``shots`` (quality, unit embedding): while there are too many,
+    the one most like another kept face (the best shot included) is dropped, the lower
+    quality one on a tie. A track's views of a face stay as different as they were."""
+    kept = list(shots)
+    while len(kept) > limit:
+        vectors = np.stack([v for _, v in kept])
+        sims = vectors @ vectors.T
+        np.fill_diagonal(sims, -np.inf)
+        nearest = sims.max(axis=1)
+        if best is not None:
+            nearest = np.maximum(nearest, vectors @ best)
+        drop = max(range(len(kept)), key=lambda i: (round(float(nearest[i]), 6), -kept[i][0]))
+        kept.pop(drop)
+    return kept
 
 
 @dataclass
@@ -78,6 +101,10 @@ class TrackState:
     """Sharpness of the last analysed face (for the quality of the frames between analyses)."""
     searched_quality: float = -1.0
     identity: IdentityRef | None = None
+    first_utc: datetime | None = None
+    last_utc: datetime | None = None
+    shots: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    """Up to 4 embedded faces besides the best shot (quality, embedding), kept diverse."""
     _votes: dict[str, _Vote] = field(default_factory=dict)
     _ages: deque[tuple[float, float]] = field(default_factory=deque)
     _male_weighted: float = 0.0
@@ -91,12 +118,16 @@ class TrackState:
         new._votes = {k: copy.copy(v) for k, v in self._votes.items()}
         new._ages = deque(self._ages)
         new.best = copy.copy(self.best)
+        new.shots = list(self.shots)
         return new
 
-    def seen(self, frame_index: int, pts_ms: float | None) -> None:
+    def seen(self, frame_index: int, pts_ms: float | None, received: datetime | None = None) -> None:
         """A sighting without a fresh analysis (between scheduled analyses)."""
         self.frames += 1
         self.last_frame, self.last_pts_ms = frame_index, pts_ms
+        if received is not None:
+            self.first_utc = self.first_utc or received
+            self.last_utc = received
 
     @property
     def frames_analysed(self) -> int:
@@ -108,11 +139,12 @@ class TrackState:
 
     def observe(
         self, frame_index: int, pts_ms: float | None, box: np.ndarray, quality: float, age: float, male: float,
-        embedding: np.ndarray | None, sharpness: float = 0.0,
+        embedding: np.ndarray | None, sharpness: float = 0.0, received: datetime | None = None,
     ) -> bool:
         """Record one analysed sighting; True if the best shot improved (a thumbnail is due).
-        Only an embedded face (``embedding`` not None) can become the best shot."""
-        self.seen(frame_index, pts_ms)
+        Only an embedded face (``embedding`` not None) can become the best shot; one that does
+        not may still be kept among the track's diverse shots."""
+        self.seen(frame_index, pts_ms, received)
         self.last_analysed_frame = frame_index
         self.sharpness = sharpness
         weight = max(quality, 1e-3)
@@ -122,9 +154,29 @@ class TrackState:
         self._male_weighted += male * weight
         self._weight += weight
         if embedding is not None and (self.best is None or quality > self.best.quality):
+            if self.best is not None:
+                self._keep_shot(self.best.quality, self.best.embedding)
             self.best = BestShot(frame_index, tuple(float(v) for v in box), quality, embedding.copy())  # type: ignore[arg-type]
             return True
+        if embedding is not None:
+            self._keep_shot(quality, embedding)
         return False
+
+    def _keep_shot(self, quality: float, embedding: np.ndarray) -> None:
+        if quality < self.config.min_quality:
+            return
+        v = np.asarray(embedding, np.float32)
+        self.shots = keep_diverse([*self.shots, (quality, v / np.linalg.norm(v))],
+                                  None if self.best is None else self.best.embedding)
+
+    @property
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """The best shot's embedding then the diverse others: (qualities, unit vectors)."""
+        if self.best is None:
+            raise ValueError("a track without an embedded face has no embeddings")
+        shots = [(self.best.quality, self.best.embedding), *self.shots]
+        vectors = np.stack([np.asarray(v, np.float32) for _, v in shots])
+        return np.array([q for q, _ in shots], np.float32), vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
     def wants_search(self) -> bool:
         """Whether the gallery should be searched with the current best shot."""
@@ -188,6 +240,9 @@ class TrackState:
             votes={k: VoteState(name=v.name, weight=v.weight, searches=v.searches, best_score=v.best_score)
                    for k, v in self._votes.items()},
             ages=tuple(self._ages), male_weighted=self._male_weighted, weight=self._weight,
+            first_utc=None if self.first_utc is None else self.first_utc.isoformat(),
+            last_utc=None if self.last_utc is None else self.last_utc.isoformat(),
+            shots=tuple(ShotState(quality=q, embedding=PackedArray.pack(v)) for q, v in self.shots),
         )
 
     @classmethod
@@ -203,6 +258,9 @@ class TrackState:
         track._votes = {k: _Vote(v.name, v.weight, v.searches, v.best_score) for k, v in state.votes.items()}
         track._ages = deque(state.ages)
         track._male_weighted, track._weight = state.male_weighted, state.weight
+        track.first_utc = None if state.first_utc is None else datetime.fromisoformat(state.first_utc)
+        track.last_utc = None if state.last_utc is None else datetime.fromisoformat(state.last_utc)
+        track.shots = [(s.quality, s.embedding.unpack()) for s in state.shots]
         return track
 
     def summary(self, thumbnail: str | None) -> TrackSummary:
@@ -221,5 +279,6 @@ class TrackState:
                         for i, v in votes),
             age=AgeEstimate(value=round(age, 1), spread=round(spread, 1)),
             gender=GenderEstimate(value="male" if male > 0.5 else "female", male_probability=round(male, 4)),
-            embedding=tuple(round(float(x), 6) for x in self.best.embedding),
+            first_utc=None if self.first_utc is None else self.first_utc.isoformat(timespec="milliseconds"),
+            last_utc=None if self.last_utc is None else self.last_utc.isoformat(timespec="milliseconds"),
         )

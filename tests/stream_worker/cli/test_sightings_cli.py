@@ -1,12 +1,15 @@
 """Search by photo over everything the cameras saw, end to end: the worker runs over the
 Hamilton clip as two cameras (different ids, recorded an hour apart) into one sightings
-store, then ``facestream sightings search`` (the console script) and the store's own search
+store, then the ``facestream sightings`` and ``gallery`` commands and the store's own search
 are run with photos."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-from dataclasses import replace
+import os
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +27,35 @@ from stream_worker.local.sinks import JsonLinesSink
 from stream_worker.local.worker import Worker
 from stream_worker.messages.results import schema_for
 from stream_worker.pipeline.face_pipeline import FacePipeline
-from tests.stream_worker.cli.test_cli import run
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(args: list[str], home: Path) -> Completed:
+    """``facestream ARGS`` in this process (the console script itself is tested in test_cli.py;
+    here a dozen commands would spend most of their time starting Python)."""
+    from stream_worker.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.environ.get("FACESTREAM__MODELS__HOME")
+    os.environ["FACESTREAM__MODELS__HOME"] = str(home)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as exc:  # argparse
+                code = int(exc.code or 0)
+    finally:
+        if previous is None:
+            del os.environ["FACESTREAM__MODELS__HOME"]
+        else:
+            os.environ["FACESTREAM__MODELS__HOME"] = previous
+    return Completed(code, out.getvalue(), err.getvalue())
 
 EXAMPLES = "face_recognition/examples"
 DAY = (datetime.now(UTC) - timedelta(days=3)).date()
@@ -41,8 +72,8 @@ def store(tmp_path_factory: pytest.TempPathFactory, detector, multitask, faces_d
     clip = str(faces_dir / EXAMPLES / "short_hamilton_clip.mp4")
     recorded_at = {"cam-a": datetime.fromisoformat(CAM_A), "cam-b": datetime.fromisoformat(CAM_B)}
     with SightingsStore(out / "store") as sightings, SightingsStore(out / "watch-list-only") as watched:
-        sink = SightingsSink(sightings, multitask.model_id, recorded_at=recorded_at)
-        watch_sink = SightingsSink(watched, multitask.model_id, recorded_at=recorded_at, watch_list_only=True)
+        sink = SightingsSink(sightings, recorded_at=recorded_at)
+        watch_sink = SightingsSink(watched, recorded_at=recorded_at, watch_list_only=True)
         worker = Worker(FacePipeline(detector, multitask, hamilton_gallery),
                         [JsonLinesSink(out / "results.jsonl"), sink, watch_sink])
         for camera in recorded_at:

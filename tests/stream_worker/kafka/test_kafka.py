@@ -61,7 +61,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
 def kafka_config(broker: TansuBroker, name: str, **extra: Any) -> KafkaConfig:
     """Topics and group of one test, so tests sharing the broker do not see each other."""
     topics = {f"{kind}_topic": f"{name}.{kind}" for kind in
-              ("frames", "detections", "tracks", "alerts", "dead_letter", "thumbnails", "gallery", "state")}
+              ("frames", "detections", "tracks", "alerts", "dead_letter", "thumbnails", "gallery", "state",
+               "embeddings")}
     return KafkaConfig(bootstrap_servers=broker.bootstrap, group_id=f"{name}-group", **{**topics, **FAST_GROUP, **extra})
 
 
@@ -745,7 +746,7 @@ def test_produce_and_tail_commands(broker: TansuBroker, faces_dir: Path, tmp_pat
         jsonschema.validate(header_dict(record.headers), schema_for("facestream.frame-input/1"))
 
     producer = make_producer(KafkaConfig(bootstrap_servers=broker.bootstrap))
-    good = {"schema": "facestream.track/1", "event_id": "cam9:track:1:started", "type": "track_started",
+    good = {"schema": "facestream.track/2", "event_id": "cam9:track:1:started", "type": "track_started",
             "stream_id": "cam9", "track_id": 1, "frame_index": 4, "pts_ms": 133.4}
     producer.send("cli.results", key=b"cam9", value=json.dumps(good).encode())
     producer.send("cli.results", key=b"cam9", value=json.dumps({**good, "track_id": 0}).encode())  # fails its schema
@@ -757,7 +758,7 @@ def test_produce_and_tail_commands(broker: TansuBroker, faces_dir: Path, tmp_pat
                           check=False)
     assert tail.returncode == 1
     assert [json.loads(line) for line in tail.stdout.splitlines()] == [good]
-    assert "fails facestream.track/1" in tail.stderr and "not JSON" in tail.stderr
+    assert "fails facestream.track/2" in tail.stderr and "not JSON" in tail.stderr
     missing = subprocess.run([sys.executable, "-m", "stream_worker.cli", "tail", "--topic", "no.such.topic"],
                              env=env, capture_output=True, text=True, timeout=60, check=False)
     assert missing.returncode == 2 and "topic no.such.topic does not exist" in missing.stderr
@@ -780,7 +781,7 @@ def test_run_publishes_a_file_sources_results_to_kafka(broker: TansuBroker, mode
     assert sorted(m["event_id"] for m in published) == sorted(m["event_id"] for m in local)
     assert len([m for m in published if m["schema"] == "facestream.frame/1"]) == 275
     for record in read_topic(broker.bootstrap, "run.tracks"):
-        assert record.key == b"clip" and header_dict(record.headers)["fs-schema"] == "facestream.track/1"
+        assert record.key == b"clip" and header_dict(record.headers)["fs-schema"] == "facestream.track/2"
 
 
 def test_a_restarted_producer_continues_the_numbering_and_retries_are_dropped(  # type: ignore[no-untyped-def]
@@ -859,3 +860,108 @@ def test_reembed_publishes_the_new_templates_on_the_changelog(  # type: ignore[n
     assert records, "no changelog record for lin"
     models = {t["model"] for t in json.loads(records[-1].value)["templates"]}
     assert models == {profile(Recognizer.DLIB).model_id, profile(Recognizer.SFACE).model_id}
+
+
+# --- the sightings service ------------------------------------------------------------------------
+
+
+def test_two_workers_and_a_killed_sightings_service_give_exactly_one_sighting_per_track(  # type: ignore[no-untyped-def]
+        broker: TansuBroker, model_store, hamilton_gallery: Gallery, faces_dir: Path, tmp_path: Path) -> None:
+    """Two `facestream run --kafka-out` workers (one camera each) publish the clip's tracks;
+    `facestream sightings serve` stores them, is killed (SIGKILL) and restarted: every ended
+    track worth storing has exactly one sighting, and the tracks topic carries no embedding."""
+    from gallery.sightings import SightingsStore
+
+    config = kafka_config(broker, "sight", max_poll_records=1)
+    ensure_topics(config)
+    env = {**os.environ, **env_for(config), "FACESTREAM__MODELS__HOME": str(model_store.home),
+           "FACESTREAM__MODELS__AUTO_FETCH": "0", "FACESTREAM__RUNTIME__DEVICE": "cpu"}
+    store = tmp_path / "store"
+    serve = [sys.executable, "-m", "stream_worker.cli", "sightings", "serve", "--store", str(store)]
+    service = subprocess.Popen(serve, env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve-1.log").open("wb"))
+    workers = [subprocess.Popen([sys.executable, "-m", "stream_worker.cli", "run", "--source",
+                                 f"{camera}={faces_dir / CLIP}", "--gallery", str(hamilton_gallery.path),
+                                 "--kafka-out", broker.bootstrap, "--out", os.devnull],
+                                env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / f"{camera}.log").open("wb"))
+               for camera in ("cam-a", "cam-b")]
+
+    def stored() -> int:
+        if not (store / "store.sqlite").exists():
+            return 0
+        with SightingsStore(store, create=False) as s:
+            return s.count()
+
+    wait_for(lambda: stored() >= 2, 180, "the sightings service to store its first sightings")
+    service.send_signal(signal.SIGKILL)
+    service.wait()
+    killed_at = stored()
+    for worker, camera in zip(workers, ("cam-a", "cam-b"), strict=True):
+        assert worker.wait(timeout=240) == 0, (tmp_path / f"{camera}.log").read_text()[-3000:]
+    restarted = subprocess.run([*serve, "--idle-exit-ms", "5000"], env=env, capture_output=True, text=True,
+                               timeout=180, check=False)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    summary = json.loads(restarted.stderr.strip().splitlines()[-1])["summary"]
+
+    ended = {m["event_id"]: m for m in messages(broker, config.tracks_topic) if m["type"] == "track_ended"}
+    assert {m["stream_id"] for m in ended.values()} == {"cam-a", "cam-b"}
+    assert all("embedding" not in m["summary"] for m in ended.values())  # biometrics only on their own topic
+    for m in messages(broker, config.embeddings_topic):
+        jsonschema.validate(m, schema_for(m["schema"]))
+    worth = {i for i, m in ended.items() if m["summary"]["frames"] >= 3 and m["summary"]["best_shot"]["quality"] >= 0.2}
+    with SightingsStore(store, create=False) as s:
+        ids = s.ids()
+        assert len(ids) == len(set(ids)) and set(ids) == worth
+        lin = [s.get(i) for i in ids if ended[i].get("identity", {}).get("id") == "lin"]
+        assert {x.stream_id for x in lin if x is not None} == {"cam-a", "cam-b"}
+        assert all(x is not None and 1 <= len(x.vectors) <= 5 for x in lin)
+    assert summary["stored"] == len(worth) - killed_at  # the restart stored exactly what was missing
+    # re-scan on enrolment, published: Lin put on a watch list finds his stored sightings on the alerts topic
+    enrol = subprocess.run([sys.executable, "-m", "stream_worker.cli", "gallery", "--db", str(tmp_path / "watch.db"),
+                            "--publish", broker.bootstrap, "enrol", "--id", "lin", "--watch", "--sightings", str(store),
+                            str(faces_dir / EXAMPLES / "lin-manuel-miranda.png")],
+                           env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert enrol.returncode == 0, enrol.stderr[-3000:]
+    alerts = [m for m in messages(broker, config.alerts_topic) if m["schema"] == "facestream.sighting-alert/1"]
+    lin_ids = {i for i in ids if ended[i].get("identity", {}).get("id") == "lin"}
+    assert lin_ids <= {a["sighting_id"] for a in alerts} and {a["identity_id"] for a in alerts} == {"lin"}
+
+
+def test_the_sightings_service_dead_letters_what_cannot_be_a_sighting(broker: TansuBroker, tmp_path: Path) -> None:
+    from engines.config import DEFAULT_RECOGNIZER
+    from engines.multitask.recognizers import profile
+    from gallery.sightings import SightingsStore
+    from stream_worker.kafka.sightings_service import SightingsService
+    from stream_worker.sightings_feed import SightingsFeed
+
+    config = kafka_config(broker, "sightbad")
+    ensure_topics(config)
+    good = {"schema": "facestream.track-embeddings/1", "event_id": "cam:track:1:ended", "stream_id": "cam",
+            "track_id": 1, "space_id": profile(DEFAULT_RECOGNIZER).model_id,
+            "embeddings": [{"quality": 0.8, "vector": "AAAAAA=="}],
+            "summary": {"first_frame": 0, "last_frame": 9, "first_pts_ms": 0.0, "last_pts_ms": 300.0, "frames": 10,
+                        "best_shot": {"frame_index": 3, "box": [0, 0, 10, 10], "quality": 0.8, "thumbnail": None},
+                        "identity": None, "votes": [], "age": {"value": 30.0, "spread": 2.0},
+                        "gender": {"value": "male", "male_probability": 0.9},
+                        "first_utc": "2026-11-29T10:00:00.000+00:00", "last_utc": "2026-11-29T10:00:01.000+00:00"}}
+    vector = np.zeros(128, "<f4")
+    vector[0] = 1.0
+    import base64
+
+    valid = {**good, "embeddings": [{"quality": 0.8, "vector": base64.b64encode(vector.tobytes()).decode()}]}
+    producer = make_producer(config)
+    for key, value in ((b"cam", b"not json"), (b"cam", json.dumps(good).encode()),  # a 1-float "embedding"
+                       (b"cam", json.dumps({**valid, "space_id": "unknown@0"}).encode()),
+                       (b"other", json.dumps(valid).encode()),  # the key is not its stream
+                       (b"cam", json.dumps({**valid, "summary": {**valid["summary"], "first_utc": "yesterday"}}).encode()),
+                       (b"cam", json.dumps(valid).encode())):
+        producer.send(config.embeddings_topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+    with SightingsStore(tmp_path / "store") as store:
+        counts = SightingsService(config, SightingsFeed(store), idle_exit_ms=3000).run()
+        assert store.ids() == ["cam:track:1:ended"]  # the good one, and the service kept going
+    assert counts["stored"] == 1 and counts["dead_letters"] == 5
+    reasons = [header_dict(r.headers)["fs-dlq-reason"] for r in read_topic(broker.bootstrap, config.dead_letter_topic)]
+    assert len(reasons) == 5 and any("not the stream id" in r for r in reasons)
+    assert any("unknown embedding space" in r for r in reasons) and any("dimensions" in r for r in reasons)
+    assert any("UTC" in r or "ISO" in r for r in reasons)

@@ -50,11 +50,11 @@ def test_messages_validate_against_their_schemas_and_broken_ones_do_not() -> Non
     assert "identity" not in started and started["event_id"] == "cam:track:3:started"
     identified = TrackIdentified(stream_id="cam", track_id=3, frame_index=9, pts_ms=300.0, previous_identity=None,
                                  identity=IdentityRef(identity_id="lin", name="Lin", score=0.95, decision="match"))
-    jsonschema.validate(identified.to_json(), schema_for("facestream.track/1"))
+    jsonschema.validate(identified.to_json(), schema_for("facestream.track/2"))
     assert identified.event_id == "cam:track:3:identified:9"
     without = {k: v for k, v in identified.to_json().items() if k != "previous_identity"}
     with pytest.raises(jsonschema.ValidationError):  # an identification always says from whom
-        jsonschema.validate(without, schema_for("facestream.track/1"))
+        jsonschema.validate(without, schema_for("facestream.track/2"))
 
 
 def test_a_message_survives_its_own_json() -> None:

@@ -63,3 +63,34 @@ def test_the_switch_ratio_is_checked(ratio: float) -> None:
 
     with pytest.raises(ConfigError, match="switch_ratio"):
         IdentifyConfig(switch_ratio=ratio)
+
+
+def unit_vector(*values: float) -> np.ndarray:
+    v = np.array(values, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_a_track_keeps_its_best_shot_and_up_to_four_diverse_others_through_a_checkpoint() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    t = track(min_quality=0.2)
+    start = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+    box = np.array([0, 0, 10, 10], np.float32)
+    # five views: three nearly the same (a), two others (b, c); and a poor face that is never kept
+    views = [(0.5, unit_vector(1, 0, 0)), (0.6, unit_vector(1, 0.01, 0)), (0.55, unit_vector(1, 0, 0.01)),
+             (0.4, unit_vector(0, 1, 0)), (0.3, unit_vector(0, 0, 1)), (0.1, unit_vector(1, 1, 1)),
+             (0.45, unit_vector(1, 0.02, 0.01))]
+    for i, (quality, v) in enumerate(views):
+        t.observe(i, i * 40.0, box, quality, 30.0, 0.9, v, received=start + timedelta(seconds=i))
+    qualities, vectors = t.embeddings
+    assert qualities[0] == 0.6  # the best shot first
+    assert len(vectors) == 5 and 0.1 not in qualities  # a face below min_quality is never kept
+    # the near-copies of the best shot went first: b and c are kept
+    assert any(np.allclose(v, unit_vector(0, 1, 0)) for v in vectors)
+    assert any(np.allclose(v, unit_vector(0, 0, 1)) for v in vectors)
+    assert t.first_utc == start and t.last_utc == start + timedelta(seconds=6)
+    restored = TrackState.from_state(t.to_state(), t.config)
+    np.testing.assert_array_equal(restored.embeddings[1], vectors)
+    assert restored.first_utc == start and restored.last_utc == t.last_utc
+    summary = restored.summary(None)
+    assert summary.first_utc == "2026-11-29T10:00:00.000+00:00" and "embedding" not in summary.to_json()

@@ -1,0 +1,109 @@
+"""``facestream sightings serve``: the embeddings topic into the sightings store.
+
+A consumer group (``kafka.sightings_group_id``) reads ``faces.embeddings``, where workers
+publish each ended track's embeddings and best shot (:class:`TrackEmbeddings`, keyed by
+stream id). Each record goes through :class:`~stream_worker.sightings_feed.SightingsFeed`;
+offsets are committed only after every record polled is stored (durably: SQLite with
+``synchronous = FULL``) or counted. At least once in, exactly one sighting per track out:
+a record replayed after a crash has its ``track_ended`` event id, and the store keeps one
+sighting per id.
+
+Faults: a record that cannot be a sighting (not JSON, wrong schema, bad vectors) is the
+input's fault: it goes to the dead-letter topic and is counted. A store that cannot be
+written is the system's fault: nothing is committed past it, and the service stops (exit
+status 2) for its supervisor to restart it, which replays from the last commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+from pydantic import ValidationError
+
+from stream_worker.config import KafkaConfig
+from stream_worker.kafka.client import KafkaUnavailableError, make_consumer, make_producer
+from stream_worker.kafka.wire import dead_letter_headers
+from stream_worker.messages.results import TrackEmbeddings
+from stream_worker.sightings_feed import BadTrackMessageError, SightingsFeed
+
+log = logging.getLogger(__name__)
+
+
+class SightingsService:
+    def __init__(self, config: KafkaConfig, feed: SightingsFeed, *, idle_exit_ms: int = 0) -> None:
+        if not config.embeddings_topic:
+            raise ValueError("kafka.embeddings_topic is empty: there is nothing to read sightings from")
+        self.config = config
+        self.feed = feed
+        self.idle_exit_ms = idle_exit_ms
+        self.dead_letters = 0
+        self.worker_id = f"sightings-{socket.gethostname()}-{os.getpid()}"
+
+    def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
+        """Consume until ``stop`` is set (or, with ``idle_exit_ms``, until nothing arrived for
+        that long); returns the counts."""
+        stop = stop or threading.Event()
+        consumer = make_consumer(self.config, group=True, group_id=self.config.sightings_group_id)
+        producer = None
+        try:
+            consumer.subscribe([self.config.embeddings_topic])
+            last_record = time.monotonic()
+            while not stop.is_set():
+                polled = consumer.poll(timeout_ms=500)
+                if not polled:
+                    if not consumer.assignment():  # still joining the group: not idle yet
+                        last_record = time.monotonic()
+                    elif self.idle_exit_ms and (time.monotonic() - last_record) * 1000 > self.idle_exit_ms:
+                        break
+                    continue
+                last_record = time.monotonic()
+                sent = []
+                for records in polled.values():
+                    for record in records:
+                        reason = self._offer(record)
+                        if reason is not None:
+                            producer = producer or make_producer(self.config)
+                            sent.append(self._dead_letter(producer, record, reason))
+                if sent:
+                    producer.flush(timeout=self.config.delivery_timeout_ms / 1000)  # type: ignore[union-attr]
+                    if not all(f.is_done and not f.failed() for f in sent):
+                        raise KafkaUnavailableError("a dead letter was not acknowledged; nothing past it is committed")
+                consumer.commit()  # everything polled is stored, counted or dead-lettered
+        finally:
+            consumer.close(autocommit=False)
+            if producer is not None:
+                producer.close()
+        return {**asdict(self.feed.counts), "dead_letters": self.dead_letters}
+
+    def _offer(self, record: Any) -> str | None:
+        """Store one record; the reason if it is the input's fault."""
+        if record.value is None:
+            return "no payload"
+        try:
+            message = TrackEmbeddings.model_validate_json(record.value)
+        except ValidationError as exc:
+            self.feed.counts.invalid += 1
+            return f"not a facestream.track-embeddings/1 message: {exc.errors()[0]['msg'] if exc.errors() else exc}"
+        if record.key is not None and record.key.decode(errors="replace") != message.stream_id:
+            self.feed.counts.invalid += 1
+            return f"the key {record.key[:80]!r} is not the stream id {message.stream_id!r}"
+        try:
+            self.feed.offer(message)
+        except BadTrackMessageError as exc:
+            return str(exc)
+        return None
+
+    def _dead_letter(self, producer: Any, record: Any, reason: str) -> Any:
+        headers = dead_letter_headers(record.headers, "payload", reason, record.topic, record.partition, record.offset,
+                                      self.worker_id)
+        value = (record.value or b"")[: self.config.max_message_bytes]
+        future = producer.send(self.config.dead_letter_topic, key=record.key, value=value, headers=headers)
+        self.dead_letters += 1
+        log.warning("dead letter: %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+        return future
