@@ -42,7 +42,7 @@ from gallery import validation as valid
 from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.errors import EnrolmentRefusedError, GalleryCorruptError, GalleryError, IdentityNotFoundError
 from gallery.gallery import Gallery
-from gallery.sightings import SightingsStore, search_result
+from gallery.sightings import SightingsError, SightingsStore, search_result
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +315,22 @@ def create_app(
             store.audit(f"api:{operator}", "search", sum(h.decision == "match" for h in hits), data,
                         detail=f"since={since} until={until} cameras={camera} k={k}")
             return search_result(store, hits, space_id=gallery.model, threshold=threshold, thumbnails=thumbnails)
+
+        @app.post("/sightings/{sighting_id}/reject")
+        def reject_sighting(
+            sighting_id: str,
+            identity: Annotated[str, Query(min_length=1, max_length=256, description="the identity it is not")],
+            operator: Annotated[str, Query(min_length=1, max_length=200, pattern=r"^[\w.@:-]+$")] = "api",
+        ) -> dict[str, Any]:
+            """"Not this person": the sighting loses the name and gets a pseudonym, and the
+            identity is never again decided for faces that link to it. Audited."""
+            if store.get(sighting_id) is None:
+                raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sighting {sighting_id}")
+            try:
+                rejected = store.reject(sighting_id, identity, f"api:{operator}")
+            except SightingsError as exc:
+                raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+            return {"sighting_id": rejected.sighting_id, "pseudonym": rejected.pseudonym, "rejected_identity": identity}
 
     @app.get("/stats")
     def stats() -> dict[str, Any]:

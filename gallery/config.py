@@ -75,3 +75,17 @@ class EnrolPolicy:
     """A face makes a photo count as showing several people only if its side is at least
     this fraction of the largest face's side and its quality at least half the largest
     face's quality: bystanders far behind and low-confidence detections do not."""
+
+
+class SightingsConfig(ConfigModel):
+    """The sightings store (``run --sightings``, ``sightings serve``, ``sightings search``)."""
+
+    min_frames: Int = Field(3, ge=1)
+    """Tracks seen on fewer frames are counted, not stored."""
+    min_quality: Float = Field(0.2, ge=0, le=1)
+    """Tracks whose best shot is below this quality are counted, not stored."""
+    retention_days: Int = Field(0, ge=0)
+    """Whole days older than this are deleted (``sightings serve``: at start and hourly;
+    ``sightings clean``); 0: kept until cleaned by hand."""
+    visit_gap_s: Float = Field(60.0, gt=0)
+    """Matching sightings on one camera less than this apart are one visit."""

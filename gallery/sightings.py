@@ -296,6 +296,11 @@ class _Partition:
                                         f"({','.join('?' * len(chunk))})", chunk))
         return out
 
+    def member_vectors(self, pseudonym: str, space_id: str) -> list[np.ndarray]:
+        return [np.frombuffer(blob, np.float32) for (blob,) in self._db.execute(
+            "SELECT v.vector FROM vectors v JOIN sightings s ON s.id = v.sighting_id "
+            "WHERE s.pseudonym = ? AND s.space_id = ?", (pseudonym, space_id))]
+
     def update(self, sql: str, args: tuple) -> int:  # type: ignore[type-arg]
         return int(self._db.execute(sql, args).rowcount)
 
@@ -323,7 +328,7 @@ class SightingsStore:
 
     def __init__(self, directory: Path, *, create: bool = True, visit_gap_s: float = 60.0,
                  link_thresholds: dict[str, float] | None = None,
-                 separation_thresholds: dict[str, float] | None = None) -> None:
+                 separation_thresholds: dict[str, float] | None = None, cohesion: bool = True) -> None:
         from gallery.defaults import DEFAULT_CALIBRATIONS, LINK_THRESHOLDS
 
         self.directory = Path(directory)
@@ -333,6 +338,10 @@ class SightingsStore:
                                           {k: c.threshold for k, c in DEFAULT_CALIBRATIONS.items()})
         """Per space: two pseudonyms merge only if every cross pair of their members scores at
         least this (the watch list's FMR 1e-3 threshold), so no pair a match would refuse."""
+        self.cohesion = cohesion
+        """A link also needs the face's mean best score over the pseudonym's members to reach
+        the separation threshold (see :meth:`_pseudonym_for`; measured in
+        ``benchmarks/eval_pseudonyms.py``)."""
         if self.directory.exists() and not self.directory.is_dir():
             raise SightingsError(f"{self.directory} is a file, not a sightings store folder")
         if not self.directory.exists():
@@ -399,7 +408,7 @@ class SightingsStore:
             if sighting.identity_id is not None and self._rejected(sighting.identity_id, links, sighting.space_id):
                 sighting = replace(sighting, identity_id=None, identity_name=None, identity_score=None)
             if sighting.identity_id is None:
-                sighting = replace(sighting, pseudonym=self._pseudonym_for(links, sighting.space_id))
+                sighting = replace(sighting, pseudonym=self._pseudonym_for(links, sighting.space_id, sighting.vectors))
             partition = self._partition(sighting.day, create=True)
             assert partition is not None
             return sighting if partition.add(sighting) else None
@@ -433,16 +442,22 @@ class SightingsStore:
         return best
 
     def _members(self, pseudonym: str, space_id: str) -> np.ndarray:
-        vectors = [v for p in self._open_partitions(None, None) if p is not None
-                   for s in p.sightings(list(k for k, n in p.pseudonyms().items() if n == pseudonym))
-                   if s.space_id == space_id for v in s.vectors]
-        return np.stack(vectors) if vectors else np.empty((0, 0), np.float32)
+        """Every vector of the pseudonym's sightings in one space, (n, dim)."""
+        rows = [r for p in self._open_partitions(None, None) if p is not None
+                for r in p.member_vectors(pseudonym, space_id)]
+        return np.stack(rows) if rows else np.empty((0, 0), np.float32)
 
-    def _pseudonym_for(self, links: dict[str, float], space_id: str) -> str:
+    def _pseudonym_for(self, links: dict[str, float], space_id: str, vectors: np.ndarray) -> str:
         """The pseudonym this face links to (merging the others it links to, unless their
-        members are separated), or a new one."""
+        members are separated), or a new one. With ``cohesion``, a link also needs the face to
+        score, on average over the pseudonym's members, at least the separation threshold:
+        one look-alike member is not enough to join a group (no chains of links)."""
         threshold = self.link_threshold(space_id)
         linked = sorted((p for p, score in links.items() if score >= threshold), key=lambda p: -links[p])
+        separation = self.separation_thresholds.get(space_id, 1.0)
+        if self.cohesion:
+            linked = [p for p in linked
+                      if float((self._members(p, space_id) @ vectors.T).max(axis=1).mean()) >= separation]
         if not linked:
             n = self._store.execute(
                 "INSERT INTO counters VALUES ('pseudonyms', 1) "
@@ -451,7 +466,7 @@ class SightingsStore:
         keep = linked[0]
         for other in linked[1:]:
             a, b = self._members(keep, space_id), self._members(other, space_id)
-            if a.size and b.size and float((a @ b.T).min()) >= self.separation_thresholds.get(space_id, 1.0):
+            if a.size and b.size and float((a @ b.T).min()) >= separation:
                 self._merge(other, keep)
         return keep
 
@@ -480,7 +495,7 @@ class SightingsStore:
                 raise SightingsError(f"sighting {sighting_id} is decided as {found.identity_id!r}, not {identity_id!r}")
             links = self._links(found.vectors, found.space_id)
             links.pop(found.pseudonym or "", None)
-            pseudonym = found.pseudonym or self._pseudonym_for(links, found.space_id)
+            pseudonym = found.pseudonym or self._pseudonym_for(links, found.space_id, found.vectors)
             for p in self._open_partitions(None, None):
                 if p is not None and p.has(sighting_id):
                     p.update("UPDATE sightings SET identity_id = NULL, identity_name = NULL, identity_score = NULL, "

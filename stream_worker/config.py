@@ -45,7 +45,7 @@ from engines.config import (
     describe_error,
 )
 from engines.errors import ConfigError
-from gallery.config import ApiConfig, IndexConfig
+from gallery.config import ApiConfig, IndexConfig, SightingsConfig
 
 ENV_PREFIX = "FACESTREAM__"
 
@@ -298,6 +298,7 @@ class FaceStreamConfig(ConfigModel):
     metrics: MetricsConfig = MetricsConfig()
     kafka: KafkaConfig = KafkaConfig()
     api: ApiConfig = ApiConfig()
+    sightings: SightingsConfig = SightingsConfig()
 
 
 SECRETS = {("kafka", "sasl_password"), ("api", "token"), ("api", "sightings_token")}

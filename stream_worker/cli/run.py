@@ -120,8 +120,11 @@ def run_worker(args: argparse.Namespace, config: FaceStreamConfig) -> int:
             from gallery.sightings import SightingsStore
             from stream_worker.local.sightings_sink import SightingsSink
 
-            store = SightingsStore(args.sightings)
-            sightings = SightingsSink(store, min_quality=config.pipeline.identify.min_quality,
+            store = SightingsStore(args.sightings, visit_gap_s=config.sightings.visit_gap_s)
+            if config.sightings.retention_days:
+                store.expire(config.sightings.retention_days)
+            sightings = SightingsSink(store, min_frames=config.sightings.min_frames,
+                                      min_quality=config.sightings.min_quality,
                                        recorded_at=recorded_at, watch_list_only=args.watch_list_only)
             sinks.append(sightings)
         metrics = WorkerMetrics()

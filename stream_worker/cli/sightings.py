@@ -69,7 +69,7 @@ def add_parsers(commands: Any) -> None:
         "clean", help="delete whole days older than the retention period",
         description="Deletes every day partition that ends more than --keep-days days ago (whole files; counted).")
     clean.add_argument("--store", type=Path, required=True, metavar="DIR")
-    clean.add_argument("--keep-days", type=int, required=True, metavar="N")
+    clean.add_argument("--keep-days", type=int, metavar="N", help="default: sightings.retention_days")
     add_config_options(clean)
     clean.set_defaults(handler=run_clean)
 
@@ -103,7 +103,6 @@ def add_parsers(commands: Any) -> None:
         "(kafka.sightings_group_id) and stores each ended track as a sighting; offsets are committed only after "
         "the sightings are stored, and a replayed track never makes a second sighting. Stops on SIGTERM/SIGINT.")
     serve.add_argument("--store", type=Path, required=True, metavar="DIR", help="the sightings store (made if missing)")
-    serve.add_argument("--min-frames", type=int, default=3, help="tracks seen on fewer frames are counted, not stored")
     serve.add_argument("--watch-list-only", action="store_true", help="store only tracks named as an enrolled person")
     serve.add_argument("--idle-exit-ms", type=int, default=0, help="exit after this long without a record (0: never)")
     add_options(serve, "bootstrap")
@@ -116,10 +115,10 @@ def add_parsers(commands: Any) -> None:
     audit.set_defaults(handler=run_audit)
 
 
-def _open(path: Path) -> SightingsStore:
+def _open(path: Path, config: FaceStreamConfig | None = None) -> SightingsStore:
     from gallery.sightings import SightingsStore
 
-    return SightingsStore(path, create=False)
+    return SightingsStore(path, create=False, visit_gap_s=config.sightings.visit_gap_s if config else 60.0)
 
 
 def run_search(args: argparse.Namespace, config: FaceStreamConfig) -> int:
@@ -137,7 +136,7 @@ def run_search(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     space = profile(config.models.recognizer).model_id
     threshold = args.threshold if args.threshold is not None else DEFAULT_CALIBRATIONS[space].threshold
     photo = args.photo.read_bytes()
-    with _open(args.store) as store:
+    with _open(args.store, config) as store:
         with engine_runtime(config) as runtime:
             _, attributes = face_analyzer(config, runtime, multitask=True).largest_face(args.photo)
         hits = store.search(attributes.embeddings[0], space, threshold=threshold, k=args.k, since=since, until=until,
@@ -151,9 +150,12 @@ def run_search(args: argparse.Namespace, config: FaceStreamConfig) -> int:
 
 
 def run_clean(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+    keep = args.keep_days if args.keep_days is not None else config.sightings.retention_days
+    if not keep:
+        raise ConfigError("give --keep-days N (or set sightings.retention_days)")
     with _open(args.store) as store:
-        removed = store.expire(args.keep_days)
-        store.audit(getpass.getuser(), "clean", len(removed), detail=f"keep_days={args.keep_days}")
+        removed = store.expire(keep)
+        store.audit(getpass.getuser(), "clean", len(removed), detail=f"keep_days={keep}")
     print(json.dumps({"removed_days": [d.isoformat() for d in removed]}))
     return 0
 
@@ -209,15 +211,16 @@ def run_serve(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     from stream_worker.kafka.sightings_service import SightingsService
     from stream_worker.sightings_feed import SightingsFeed
 
-    if args.min_frames < 1 or args.idle_exit_ms < 0:
-        raise ConfigError("--min-frames must be at least 1 and --idle-exit-ms at least 0")
+    if args.idle_exit_ms < 0:
+        raise ConfigError("--idle-exit-ms must be at least 0")
     writable_dir(args.store, "--store", create=True)
     stop = stop_on_signals()
     if config.kafka.create_topics:
         ensure_topics(config.kafka)
-    with SightingsStore(args.store) as store:
-        feed = SightingsFeed(store, min_frames=args.min_frames, min_quality=config.pipeline.identify.min_quality,
+    with SightingsStore(args.store, visit_gap_s=config.sightings.visit_gap_s) as store:
+        feed = SightingsFeed(store, min_frames=config.sightings.min_frames, min_quality=config.sightings.min_quality,
                              watch_list_only=args.watch_list_only)
-        counts = SightingsService(config.kafka, feed, idle_exit_ms=args.idle_exit_ms).run(stop)
+        counts = SightingsService(config.kafka, feed, idle_exit_ms=args.idle_exit_ms,
+                                  retention_days=config.sightings.retention_days).run(stop)
     print(json.dumps({"summary": counts}), file=sys.stderr)
     return 0

@@ -34,14 +34,19 @@ from stream_worker.sightings_feed import BadTrackMessageError, SightingsFeed
 
 log = logging.getLogger(__name__)
 
+RETENTION_EVERY_S = 3600.0
+
 
 class SightingsService:
-    def __init__(self, config: KafkaConfig, feed: SightingsFeed, *, idle_exit_ms: int = 0) -> None:
+    def __init__(self, config: KafkaConfig, feed: SightingsFeed, *, idle_exit_ms: int = 0,
+                 retention_days: int = 0) -> None:
         if not config.embeddings_topic:
             raise ValueError("kafka.embeddings_topic is empty: there is nothing to read sightings from")
         self.config = config
         self.feed = feed
         self.idle_exit_ms = idle_exit_ms
+        self.retention_days = retention_days
+        self.expired_days = 0
         self.dead_letters = 0
         self.worker_id = f"sightings-{socket.gethostname()}-{os.getpid()}"
 
@@ -54,7 +59,14 @@ class SightingsService:
         try:
             consumer.subscribe([self.config.embeddings_topic])
             last_record = time.monotonic()
+            next_clean = 0.0
             while not stop.is_set():
+                if self.retention_days and time.monotonic() >= next_clean:  # at start, then hourly
+                    removed = self.feed.store.expire(self.retention_days)
+                    self.expired_days += len(removed)
+                    if removed:
+                        log.warning("retention: deleted the sightings of %s", ", ".join(d.isoformat() for d in removed))
+                    next_clean = time.monotonic() + RETENTION_EVERY_S
                 polled = consumer.poll(timeout_ms=500)
                 if not polled:
                     if not consumer.assignment():  # still joining the group: not idle yet
@@ -79,7 +91,7 @@ class SightingsService:
             consumer.close(autocommit=False)
             if producer is not None:
                 producer.close()
-        return {**asdict(self.feed.counts), "dead_letters": self.dead_letters}
+        return {**asdict(self.feed.counts), "dead_letters": self.dead_letters, "days_expired": self.expired_days}
 
     def _offer(self, record: Any) -> str | None:
         """Store one record; the reason if it is the input's fault."""

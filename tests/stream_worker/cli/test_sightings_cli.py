@@ -278,8 +278,19 @@ def test_the_rest_api_searches_sightings_with_a_token_of_its_own(  # type: ignor
             only_a = post(search_token, camera="cam-a", until=f"{DAY}T10:30:00Z").json()
             assert {h["camera"] for h in only_a["hits"]} == {"cam-a"}
             assert post(search_token, since="yesterday").status_code == 422
+            # "not this person" through the API: Lin's sighting on cam-b is not Alex (409), then it is not Lin
+            named_lin = [h for h in matches if h["identity"] and h["identity"]["id"] == "lin"]
+            assert named_lin  # (his tracks on stage, and his close-up on cam-b)
+            reject = f"/sightings/{named_lin[0]['sighting_id']}/reject"
+            auth = {"Authorization": f"Bearer {search_token}"}
+            assert client.post(reject, params={"identity": "alex"}, headers=auth).status_code == 409  # not Alex's
+            assert client.post("/sightings/cam-z:track:1:ended/reject", params={"identity": "lin"},
+                               headers=auth).status_code == 404
+            answer = client.post(reject, params={"identity": "lin", "operator": "investigator-7"}, headers=auth)
+            assert answer.status_code == 200 and answer.json()["pseudonym"].startswith("unknown-")
+            assert sightings.get(named_lin[0]["sighting_id"]).identity_id is None  # type: ignore[union-attr]
         entries = [e for e in sightings.audit_log() if e["operator"] == "api:investigator-7"]
-        assert len(entries) == 1 and entries[0]["results"] == len(matches)
+        assert entries[0]["action"] == "search" and entries[0]["results"] == len(matches)
     with pytest.raises(ValueError, match="its own token"):
         create_app(hamilton_gallery, enroller, token=gallery_token, sightings=sightings, sightings_token=gallery_token)
 
