@@ -69,6 +69,7 @@ _STORE_SCHEMA = (
         pseudonym TEXT NOT NULL, identity_id TEXT NOT NULL, sighting_id TEXT NOT NULL, at TEXT NOT NULL,
         PRIMARY KEY (pseudonym, identity_id))""",
     "CREATE TABLE IF NOT EXISTS merges (pseudonym TEXT PRIMARY KEY, merged_into TEXT NOT NULL, at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS erased (identity_id TEXT PRIMARY KEY, at TEXT NOT NULL)",
 )
 
 
@@ -666,10 +667,23 @@ class SightingsStore:
                     "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (len(removed),))
         return removed
 
-    def erase_identity(self, identity_id: str) -> int:
-        """Remove every sighting decided as ``identity_id``; how many."""
+    def erase_identity(self, identity_id: str, *, remember: bool = False) -> int:
+        """Remove every sighting decided as ``identity_id``; how many. With ``remember``
+        (an erasure from the gallery changelog), sightings named so that arrive later (from
+        before the erasure, on another topic) are refused too, until the identity is enrolled
+        again (:meth:`forget_erasure`)."""
         with self._lock:
+            if remember:
+                self._store.execute("INSERT OR REPLACE INTO erased VALUES (?, ?)", (identity_id, _iso(datetime.now(UTC))))
             return sum(p.erase_identity(identity_id) for p in self._open_partitions(None, None) if p is not None)
+
+    def is_erased(self, identity_id: str) -> bool:
+        with self._lock:
+            return self._store.execute("SELECT 1 FROM erased WHERE identity_id = ?", (identity_id,)).fetchone() is not None
+
+    def forget_erasure(self, identity_id: str) -> None:
+        with self._lock:
+            self._store.execute("DELETE FROM erased WHERE identity_id = ?", (identity_id,))
 
     def counter(self, name: str) -> int:
         row = self._store.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()

@@ -32,6 +32,7 @@ class SightingCounts:
     too_short: int = 0
     too_poor: int = 0
     watch_list_only: int = 0
+    erased: int = 0
     invalid: int = 0
 
 
@@ -47,7 +48,7 @@ class SightingsFeed:
 
     def offer(self, message: TrackEmbeddings) -> str:
         """Store (or count) one ended track; what happened: ``stored``, ``redelivered``,
-        ``too_short``, ``too_poor`` or ``watch_list_only``. A message that cannot be a
+        ``too_short``, ``too_poor``, ``watch_list_only`` or ``erased``. A message that cannot be a
         sighting raises :class:`BadTrackMessageError`; a store that cannot be written raises
         what it raised (the system's fault: retry, do not skip)."""
         summary = message.summary
@@ -57,6 +58,8 @@ class SightingsFeed:
             outcome = "too_poor"
         elif self.watch_list_only and (message.identity is None or message.identity.decision != "match"):
             outcome = "watch_list_only"
+        elif message.identity is not None and self.store.is_erased(message.identity.identity_id):
+            outcome = "erased"  # named after someone erased with their sightings: never stored
         else:
             outcome = "stored" if self.store.add(self.sighting(message)) is not None else "redelivered"
         setattr(self.counts, outcome, getattr(self.counts, outcome) + 1)

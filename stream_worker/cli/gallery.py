@@ -78,8 +78,10 @@ def add_parsers(commands: Any) -> None:
     show.add_argument("identity", metavar="ID")
     remove = actions.add_parser("remove", help="erase an identity, its templates and vectors")
     remove.add_argument("identity", metavar="ID")
-    remove.add_argument("--with-sightings", type=Path, metavar="DIR",
-                        help="also erase every sighting decided as this identity from this sightings store")
+    remove.add_argument("--with-sightings", action="store_true",
+                        help="also erase every sighting decided as this identity: in the store of --sightings, and "
+                        "(with --publish) in every sightings service, which then never stores one named so again")
+    remove.add_argument("--sightings", type=Path, metavar="DIR", help="a local sightings store (with --with-sightings)")
 
     search = actions.add_parser("search", help="who is in this photo?")
     search.add_argument("image", type=Path, metavar="IMAGE")
@@ -159,6 +161,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
         args.meta = valid.parse_metadata(args.meta)
     if getattr(args, "name", None) is not None:
         args.name = valid.display_name(args.name)
+    if command == "remove" and (args.with_sightings or args.sightings is not None):
+        if args.sightings is not None and not args.with_sightings:
+            raise ConfigError("--sightings goes with --with-sightings")
+        if args.sightings is None and not given(args, "--publish"):
+            raise ConfigError("--with-sightings erases sightings in a store (--sightings DIR) or, with --publish, in "
+                              "every sightings service; give one")
+        if args.sightings is not None and not (args.sightings / "store.sqlite").is_file():
+            raise ConfigError(f"--sightings {args.sightings}: not a sightings store (no store.sqlite)")
     if command == "enrol" and (args.watch or args.sightings is not None):
         if not (args.watch and args.sightings is not None):
             raise ConfigError("--watch re-scans a sightings store: give both --watch and --sightings DIR")
@@ -205,7 +215,8 @@ def _run_gallery(args: argparse.Namespace, config: FaceStreamConfig, analyzer: A
         elif command == "show":
             _print(gallery.identity(args.identity).to_json())
         elif command == "remove":
-            _remove(args.identity, gallery, publisher, args.with_sightings)
+            _remove(args.identity, gallery, publisher, args.sightings if args.with_sightings else None,
+                    with_sightings=args.with_sightings)
         elif command == "search":
             return _search(args, gallery, analyzer)
         elif command == "stats":
@@ -248,10 +259,12 @@ def _reembed(gallery: Gallery, analyzer: FaceAnalyzer, publisher: Any) -> None:
     _print({**result, "model": gallery.model, "identities_without_chips": without, "published": published})
 
 
-def _remove(identity_id: str, gallery: Gallery, publisher: Any, sightings: Path | None = None) -> None:
+def _remove(identity_id: str, gallery: Gallery, publisher: Any, sightings: Path | None = None, *,
+            with_sightings: bool = False) -> None:
     """Erase an identity; with --publish the changelog must acknowledge the erasure first
-    (so workers erase it too), or nothing is erased and the error says so. With
-    ``sightings``, its sightings go too (after the gallery: a retry finds them still there)."""
+    (so workers, and with ``with_sightings`` sightings services, erase it too), or nothing
+    is erased and the error says so. With ``sightings``, the sightings in that store go too
+    (after the gallery: a retry finds them still there)."""
     store = None
     if sightings is not None:
         from gallery.sightings import SightingsStore
@@ -261,7 +274,7 @@ def _remove(identity_id: str, gallery: Gallery, publisher: Any, sightings: Path 
         if publisher is not None:
             identity = gallery.identity(identity_id)  # exists? (no publishing for a typo)
             try:
-                publisher.publish_erasure(identity.id)
+                publisher.publish_erasure(identity.id, with_sightings=with_sightings)
             except FaceStreamError as exc:
                 raise type(exc)(f"{exc}. Nothing was erased; run the command again when the brokers answer") from None
         event = gallery.remove(identity_id)

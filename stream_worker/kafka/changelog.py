@@ -91,8 +91,10 @@ class GalleryPublisher:
         record = identity_record(gallery, identity_id)
         self._send([(identity_id, json.dumps(record).encode())], f"the enrolment of '{identity_id}'")
 
-    def publish_erasure(self, identity_id: str) -> None:
-        event = {"schema": ERASURE_SCHEMA, "identity_id": identity_id, "erased_utc": utc_now()}
+    def publish_erasure(self, identity_id: str, *, with_sightings: bool = False) -> None:
+        """``with_sightings``: sightings services erase the identity's sightings too."""
+        event = {"schema": ERASURE_SCHEMA, "identity_id": identity_id, "erased_utc": utc_now(),
+                 "with_sightings": with_sightings}
         self._send([(identity_id, None), (f"{ERASURE_PREFIX}{identity_id}", json.dumps(event).encode())],
                    f"the erasure of '{identity_id}'")
 

@@ -8,6 +8,10 @@ offsets are committed only after every record polled is stored (durably: SQLite 
 a record replayed after a crash has its ``track_ended`` event id, and the store keeps one
 sighting per id.
 
+It also reads the gallery changelog (``kafka.gallery_topic``): an erasure published with
+``--with-sightings`` erases that identity's sightings here too, and sightings named after it
+that arrive later are never stored; enrolling the id again lifts that.
+
 Faults: a record that cannot be a sighting (not JSON, wrong schema, bad vectors) is the
 input's fault: it goes to the dead-letter topic and is counted. A store that cannot be
 written is the system's fault: nothing is committed past it, and the service stops (exit
@@ -16,6 +20,7 @@ status 2) for its supervisor to restart it, which replays from the last commit.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -27,6 +32,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from stream_worker.config import KafkaConfig
+from stream_worker.kafka.changelog import ERASURE_PREFIX, ERASURE_SCHEMA
 from stream_worker.kafka.client import KafkaUnavailableError, make_consumer, make_producer
 from stream_worker.kafka.wire import dead_letter_headers
 from stream_worker.messages.results import TrackEmbeddings
@@ -48,6 +54,7 @@ class SightingsService:
         self.retention_days = retention_days
         self.expired_days = 0
         self.dead_letters = 0
+        self.erased = 0
         self.worker_id = f"sightings-{socket.gethostname()}-{os.getpid()}"
 
     def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -57,7 +64,7 @@ class SightingsService:
         consumer = make_consumer(self.config, group=True, group_id=self.config.sightings_group_id)
         producer = None
         try:
-            consumer.subscribe([self.config.embeddings_topic])
+            consumer.subscribe([t for t in (self.config.embeddings_topic, self.config.gallery_topic) if t])
             last_record = time.monotonic()
             next_clean = 0.0
             while not stop.is_set():
@@ -91,10 +98,33 @@ class SightingsService:
             consumer.close(autocommit=False)
             if producer is not None:
                 producer.close()
-        return {**asdict(self.feed.counts), "dead_letters": self.dead_letters, "days_expired": self.expired_days}
+        return {**asdict(self.feed.counts), "dead_letters": self.dead_letters, "days_expired": self.expired_days,
+                "sightings_erased": self.erased}
+
+    def _changelog(self, record: Any) -> None:
+        """The gallery changelog: an erasure with sightings erases them (and refuses later
+        sightings named so); an enrolment under that id again lifts the refusal."""
+        key = (record.key or b"").decode(errors="replace")
+        if key.startswith(ERASURE_PREFIX) and record.value is not None:
+            try:
+                event = json.loads(record.value)
+            except ValueError:
+                log.warning("gallery changelog %s@%d: not JSON; ignored", key, record.offset)
+                return
+            if event.get("schema") == ERASURE_SCHEMA and event.get("with_sightings") is True:
+                identity_id = str(event.get("identity_id", ""))
+                removed = self.feed.store.erase_identity(identity_id, remember=True)
+                self.feed.store.audit("gallery-changelog", "erase", removed, detail=identity_id)
+                self.erased += removed
+                log.warning("erased %d sightings of %s (gallery changelog)", removed, identity_id)
+        elif record.value is not None and not key.startswith(ERASURE_PREFIX):
+            self.feed.store.forget_erasure(key)
 
     def _offer(self, record: Any) -> str | None:
         """Store one record; the reason if it is the input's fault."""
+        if record.topic == self.config.gallery_topic:
+            self._changelog(record)
+            return None
         if record.value is None:
             return "no payload"
         try:

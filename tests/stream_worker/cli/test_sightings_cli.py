@@ -240,9 +240,12 @@ def test_enrolling_with_watch_alerts_for_every_stored_sighting_of_the_person(  #
     assert {a["sighting_id"] for a in alerts} == {h.sighting.sighting_id for h in search(folder, alex)
                                                   if h.decision == "match"}
     # erasure with --with-sightings: none of his sightings is left, searched with his own embedding
-    result = run(["gallery", "--db", str(db), "remove", "alex", "--with-sightings", str(folder)], model_store.home)
+    result = run(["gallery", "--db", str(db), "remove", "alex", "--with-sightings", "--sightings", str(folder)],
+                 model_store.home)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["sightings_removed"] == len(named_alex)
+    result = run(["gallery", "--db", str(db), "remove", "alex", "--with-sightings"], model_store.home)
+    assert result.returncode == 2 and "--publish" in result.stderr  # where would they be erased?
     assert not [h for h in search(folder, alex) if h.decision == "match" or h.sighting.identity_id == "alex"]
     result = run(["gallery", "--db", str(db), "enrol", "--id", "x", "--watch", str(faces_dir / EXAMPLES /
                   "alex-lacamoire.png")], model_store.home)

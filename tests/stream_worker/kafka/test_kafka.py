@@ -924,6 +924,27 @@ def test_two_workers_and_a_killed_sightings_service_give_exactly_one_sighting_pe
     alerts = [m for m in messages(broker, config.alerts_topic) if m["schema"] == "facestream.sighting-alert/1"]
     lin_ids = {i for i in ids if ended[i].get("identity", {}).get("id") == "lin"}
     assert lin_ids <= {a["sighting_id"] for a in alerts} and {a["identity_id"] for a in alerts} == {"lin"}
+    # erasure with sightings, published: the service erases Lin's sightings, and refuses one named Lin arriving late
+    remove = subprocess.run([sys.executable, "-m", "stream_worker.cli", "gallery", "--db", str(tmp_path / "watch.db"),
+                             "--publish", broker.bootstrap, "remove", "lin", "--with-sightings"],
+                            env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert remove.returncode == 0, remove.stderr[-3000:]
+    late = next(m for m in messages(broker, config.embeddings_topic) if m["event_id"] in lin_ids)
+    producer = make_producer(config)
+    producer.send(config.embeddings_topic, key=late["stream_id"].encode(),
+                  value=json.dumps({**late, "event_id": "cam-c:track:99:ended", "stream_id": "cam-c"}).encode())
+    producer.send(config.embeddings_topic, key=b"cam-c", value=json.dumps({**late, "event_id": "cam-c:track:99:ended",
+                                                                           "stream_id": "cam-c"}).encode())
+    producer.flush()
+    producer.close()
+    again = subprocess.run([*serve, "--idle-exit-ms", "5000"], env=env, capture_output=True, text=True, timeout=180,
+                           check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    final = json.loads(again.stderr.strip().splitlines()[-1])["summary"]
+    assert final["sightings_erased"] == len(lin_ids) and final["erased"] == 1 and final["dead_letters"] == 1
+    with SightingsStore(store, create=False) as s:
+        assert not [i for i in s.ids() if (x := s.get(i)) is not None and x.identity_id == "lin"]
+        assert "cam-c:track:99:ended" not in s.ids()
 
 
 def test_the_sightings_service_dead_letters_what_cannot_be_a_sighting(broker: TansuBroker, tmp_path: Path) -> None:
