@@ -58,6 +58,13 @@ class WorkerMetrics:
         self.checkpoints = Counter("facestream_kafka_checkpoints", "Offsets committed with their pipeline state",
                                    registry=r)
         self.rebalances = Counter("facestream_kafka_rebalances", "Partitions revoked or lost", registry=r)
+        self.sightings = Counter("facestream_sightings", "Ended tracks offered to the sightings store, by outcome "
+                                 "(stored, redelivered, too_short, too_poor, watch_list_only, erased)", ["outcome"],
+                                 registry=r)
+        self.sightings_days_expired = Counter("facestream_sightings_days_expired",
+                                              "Day partitions of sightings deleted by retention", registry=r)
+        self.sightings_erased = Counter("facestream_sightings_erased",
+                                        "Sightings erased with their identity (gallery changelog)", registry=r)
         self.lag = Gauge("facestream_kafka_lag_messages", "Input messages not yet processed, per owned partition "
                          "(scale the group on this)", ["partition"], registry=r)
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from gallery.sightings import Sighting, SightingsError, SightingsStore
 from stream_worker.messages.results import TrackEmbeddings
+from stream_worker.metrics import WorkerMetrics
 
 
 class BadTrackMessageError(ValueError):
@@ -45,6 +46,8 @@ class SightingsFeed:
     recorded_at: dict[str, datetime] = field(default_factory=dict)
     """Stream id -> the UTC time of pts 0 (recorded files); other streams use receive times."""
     counts: SightingCounts = field(default_factory=SightingCounts)
+    metrics: WorkerMetrics | None = None
+    """``facestream_sightings{outcome}`` is counted here too when given."""
 
     def offer(self, message: TrackEmbeddings) -> str:
         """Store (or count) one ended track; what happened: ``stored``, ``redelivered``,
@@ -63,6 +66,8 @@ class SightingsFeed:
         else:
             outcome = "stored" if self.store.add(self.sighting(message)) is not None else "redelivered"
         setattr(self.counts, outcome, getattr(self.counts, outcome) + 1)
+        if self.metrics is not None:
+            self.metrics.sightings.labels(outcome).inc()
         return outcome
 
     def sighting(self, message: TrackEmbeddings) -> Sighting:

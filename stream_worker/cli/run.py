@@ -115,6 +115,7 @@ def run_worker(args: argparse.Namespace, config: FaceStreamConfig) -> int:
                 ensure_topics(config.kafka)
             kafka = KafkaSink(config.kafka)
             sinks.append(kafka)
+        metrics = WorkerMetrics()
         store = None
         if args.sightings is not None:
             from gallery.sightings import SightingsStore
@@ -122,12 +123,11 @@ def run_worker(args: argparse.Namespace, config: FaceStreamConfig) -> int:
 
             store = SightingsStore(args.sightings, visit_gap_s=config.sightings.visit_gap_s)
             if config.sightings.retention_days:
-                store.expire(config.sightings.retention_days)
+                metrics.sightings_days_expired.inc(len(store.expire(config.sightings.retention_days)))
             sightings = SightingsSink(store, min_frames=config.sightings.min_frames,
                                       min_quality=config.sightings.min_quality,
-                                       recorded_at=recorded_at, watch_list_only=args.watch_list_only)
+                                       recorded_at=recorded_at, watch_list_only=args.watch_list_only, metrics=metrics)
             sinks.append(sightings)
-        metrics = WorkerMetrics()
         worker = Worker(pipeline, sinks, config.stream, metrics=metrics)
         server = None
         if config.metrics.port:

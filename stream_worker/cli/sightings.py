@@ -105,7 +105,7 @@ def add_parsers(commands: Any) -> None:
     serve.add_argument("--store", type=Path, required=True, metavar="DIR", help="the sightings store (made if missing)")
     serve.add_argument("--watch-list-only", action="store_true", help="store only tracks named as an enrolled person")
     serve.add_argument("--idle-exit-ms", type=int, default=0, help="exit after this long without a record (0: never)")
-    add_options(serve, "bootstrap")
+    add_options(serve, "bootstrap", "metrics")
     add_config_options(serve)
     serve.set_defaults(handler=run_serve)
 
@@ -209,6 +209,7 @@ def run_serve(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     from stream_worker.cli.startup import stop_on_signals
     from stream_worker.kafka.client import ensure_topics
     from stream_worker.kafka.sightings_service import SightingsService
+    from stream_worker.metrics import WorkerMetrics, serve
     from stream_worker.sightings_feed import SightingsFeed
 
     if args.idle_exit_ms < 0:
@@ -217,10 +218,17 @@ def run_serve(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     stop = stop_on_signals()
     if config.kafka.create_topics:
         ensure_topics(config.kafka)
+    metrics = WorkerMetrics()
     with SightingsStore(args.store, visit_gap_s=config.sightings.visit_gap_s) as store:
         feed = SightingsFeed(store, min_frames=config.sightings.min_frames, min_quality=config.sightings.min_quality,
-                             watch_list_only=args.watch_list_only)
-        counts = SightingsService(config.kafka, feed, idle_exit_ms=args.idle_exit_ms,
-                                  retention_days=config.sightings.retention_days).run(stop)
+                             watch_list_only=args.watch_list_only, metrics=metrics)
+        service = SightingsService(config.kafka, feed, idle_exit_ms=args.idle_exit_ms,
+                                   retention_days=config.sightings.retention_days)
+        server = serve(metrics, service.health, config.metrics.host, config.metrics.port) if config.metrics.port else None
+        try:
+            counts = service.run(stop)
+        finally:
+            if server is not None:
+                server.shutdown()
     print(json.dumps({"summary": counts}), file=sys.stderr)
     return 0

@@ -55,6 +55,7 @@ class SightingsService:
         self.expired_days = 0
         self.dead_letters = 0
         self.erased = 0
+        self.last_loop: float | None = None
         self.worker_id = f"sightings-{socket.gethostname()}-{os.getpid()}"
 
     def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -68,9 +69,12 @@ class SightingsService:
             last_record = time.monotonic()
             next_clean = 0.0
             while not stop.is_set():
+                self.last_loop = time.monotonic()
                 if self.retention_days and time.monotonic() >= next_clean:  # at start, then hourly
                     removed = self.feed.store.expire(self.retention_days)
                     self.expired_days += len(removed)
+                    if self.feed.metrics is not None:
+                        self.feed.metrics.sightings_days_expired.inc(len(removed))
                     if removed:
                         log.warning("retention: deleted the sightings of %s", ", ".join(d.isoformat() for d in removed))
                     next_clean = time.monotonic() + RETENTION_EVERY_S
@@ -101,6 +105,15 @@ class SightingsService:
         return {**asdict(self.feed.counts), "dead_letters": self.dead_letters, "days_expired": self.expired_days,
                 "sightings_erased": self.erased}
 
+    def health(self) -> dict[str, Any]:
+        """``starting`` before the first poll, ``ok`` while the loop turns, ``stalled`` when it
+        has not turned for a poll interval (the metrics server answers 503 but for ``ok``)."""
+        if self.last_loop is None:
+            return {"status": "starting"}
+        since = time.monotonic() - self.last_loop
+        return {"status": "ok" if since * 1000 < self.config.max_poll_interval_ms else "stalled",
+                "seconds_since_poll": round(since, 1), **asdict(self.feed.counts)}
+
     def _changelog(self, record: Any) -> None:
         """The gallery changelog: an erasure with sightings erases them (and refuses later
         sightings named so); an enrolment under that id again lifts the refusal."""
@@ -116,6 +129,8 @@ class SightingsService:
                 removed = self.feed.store.erase_identity(identity_id, remember=True)
                 self.feed.store.audit("gallery-changelog", "erase", removed, detail=identity_id)
                 self.erased += removed
+                if self.feed.metrics is not None:
+                    self.feed.metrics.sightings_erased.inc(removed)
                 log.warning("erased %d sightings of %s (gallery changelog)", removed, identity_id)
         elif record.value is not None and not key.startswith(ERASURE_PREFIX):
             self.feed.store.forget_erasure(key)
@@ -147,5 +162,7 @@ class SightingsService:
         value = (record.value or b"")[: self.config.max_message_bytes]
         future = producer.send(self.config.dead_letter_topic, key=record.key, value=value, headers=headers)
         self.dead_letters += 1
+        if self.feed.metrics is not None:
+            self.feed.metrics.dead_letters.labels("payload").inc()
         log.warning("dead letter: %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
         return future

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from gallery.sightings import SightingsStore
 from stream_worker.messages.results import TrackEmbeddings, TrackEnded, TrackEvent
+from stream_worker.metrics import WorkerMetrics
 from stream_worker.pipeline.face_pipeline import FrameOutput
 from stream_worker.sightings_feed import SightingCounts, SightingsFeed
 
@@ -21,9 +22,10 @@ class SightingsSink:
     """A :class:`~stream_worker.local.sinks.Sink` that stores each ended track as a sighting."""
 
     def __init__(self, store: SightingsStore, *, min_frames: int = 3, min_quality: float = 0.2,
-                 recorded_at: dict[str, datetime] | None = None, watch_list_only: bool = False) -> None:
+                 recorded_at: dict[str, datetime] | None = None, watch_list_only: bool = False,
+                 metrics: WorkerMetrics | None = None) -> None:
         self.feed = SightingsFeed(store, min_frames=min_frames, min_quality=min_quality,
-                                  watch_list_only=watch_list_only, recorded_at=dict(recorded_at or {}))
+                                  watch_list_only=watch_list_only, recorded_at=dict(recorded_at or {}), metrics=metrics)
 
     @property
     def counts(self) -> SightingCounts:

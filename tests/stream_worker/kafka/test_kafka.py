@@ -929,6 +929,14 @@ def test_two_workers_and_a_killed_sightings_service_give_exactly_one_sighting_pe
                              "--publish", broker.bootstrap, "remove", "lin", "--with-sightings"],
                             env=env, capture_output=True, text=True, timeout=180, check=False)
     assert remove.returncode == 0, remove.stderr[-3000:]
+
+    def serve_until_idle() -> dict[str, Any]:
+        done = subprocess.run([*serve, "--idle-exit-ms", "5000"], env=env, capture_output=True, text=True,
+                              timeout=180, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return dict(json.loads(done.stderr.strip().splitlines()[-1])["summary"])
+
+    assert serve_until_idle()["sightings_erased"] == len(lin_ids)
     late = next(m for m in messages(broker, config.embeddings_topic) if m["event_id"] in lin_ids)
     producer = make_producer(config)
     producer.send(config.embeddings_topic, key=late["stream_id"].encode(),
@@ -937,11 +945,8 @@ def test_two_workers_and_a_killed_sightings_service_give_exactly_one_sighting_pe
                                                                            "stream_id": "cam-c"}).encode())
     producer.flush()
     producer.close()
-    again = subprocess.run([*serve, "--idle-exit-ms", "5000"], env=env, capture_output=True, text=True, timeout=180,
-                           check=False)
-    assert again.returncode == 0, again.stderr[-3000:]
-    final = json.loads(again.stderr.strip().splitlines()[-1])["summary"]
-    assert final["sightings_erased"] == len(lin_ids) and final["erased"] == 1 and final["dead_letters"] == 1
+    final = serve_until_idle()
+    assert final["erased"] == 1 and final["dead_letters"] == 1 and final["stored"] == 0
     with SightingsStore(store, create=False) as s:
         assert not [i for i in s.ids() if (x := s.get(i)) is not None and x.identity_id == "lin"]
         assert "cam-c:track:99:ended" not in s.ids()
@@ -978,10 +983,24 @@ def test_the_sightings_service_dead_letters_what_cannot_be_a_sighting(broker: Ta
         producer.send(config.embeddings_topic, key=key, value=value)
     producer.flush()
     producer.close()
+    from datetime import UTC, datetime
+
+    from gallery.sightings import Sighting
+
+    metrics = WorkerMetrics()
     with SightingsStore(tmp_path / "store") as store:
-        counts = SightingsService(config, SightingsFeed(store), idle_exit_ms=3000).run()
-        assert store.ids() == ["cam:track:1:ended"]  # the good one, and the service kept going
-    assert counts["stored"] == 1 and counts["dead_letters"] == 5
+        old = datetime(2026, 1, 1, tzinfo=UTC)  # a day long past the retention period
+        store.add(Sighting(sighting_id="old:track:1:ended", stream_id="old", track_id=1, first_frame=0, last_frame=1,
+                           first_pts_ms=0.0, last_pts_ms=1.0, start_utc=old, end_utc=old, frames=2, quality=0.9,
+                           space_id=profile(DEFAULT_RECOGNIZER).model_id, vectors=vector[None]))
+        service = SightingsService(config, SightingsFeed(store, metrics=metrics), idle_exit_ms=3000, retention_days=30)
+        counts = service.run()
+        assert store.ids() == ["cam:track:1:ended"]  # the good one, and the service kept going; the old day is gone
+        assert service.health()["status"] == "ok"
+    assert counts["stored"] == 1 and counts["dead_letters"] == 5 and counts["days_expired"] == 1
+    assert metric_total(metrics, "facestream_sightings_days_expired") == 1
+    assert metric_total(metrics, "facestream_sightings") == 1  # one track offered: stored
+    assert metric_total(metrics, "facestream_dead_letters") == 5
     reasons = [header_dict(r.headers)["fs-dlq-reason"] for r in read_topic(broker.bootstrap, config.dead_letter_topic)]
     assert len(reasons) == 5 and any("not the stream id" in r for r in reasons)
     assert any("unknown embedding space" in r for r in reasons) and any("dimensions" in r for r in reasons)
