@@ -307,7 +307,7 @@ def _rescan(args: argparse.Namespace, config: FaceStreamConfig, gallery: Gallery
         name=identity.name or args.identity, sighting_id=h.sighting.sighting_id, stream_id=h.sighting.stream_id,
         track_id=h.sighting.track_id, first_frame=h.sighting.first_frame, last_frame=h.sighting.last_frame,
         start_utc=h.sighting.start_utc.isoformat(), end_utc=h.sighting.end_utc.isoformat(), score=h.score,
-        threshold=threshold) for h in hits]
+        threshold=threshold, pseudonym=h.sighting.pseudonym) for h in hits]
     for alert in alerts:
         _print(alert.to_json())
     if publisher is not None and alerts:

@@ -340,6 +340,8 @@ class SightingAlert(Message):
     score: float
     """Best cosine between the enrolled templates and the sighting's embeddings (4 decimals)."""
     threshold: float
+    pseudonym: str | None = None
+    """The stranger's pseudonym the sighting had (``unknown-<n>``), if it was not named."""
 
     _score = field_validator("score", "threshold")(lambda v: round(v, 4))
 

@@ -235,6 +235,9 @@ def test_enrolling_with_watch_alerts_for_every_stored_sighting_of_the_person(  #
         jsonschema.validate(alert, schema_for(alert["schema"]))
     assert named_alex <= {a["sighting_id"] for a in alerts}  # every sighting the worker named him
     assert {a["identity_id"] for a in alerts} == {"alex"}
+    with SightingsStore(folder, create=False) as sightings:  # each alert carries its sighting's pseudonym, if any
+        assert [a["pseudonym"] for a in alerts] == [sightings.get(a["sighting_id"]).pseudonym  # type: ignore[union-attr]
+                                                    for a in alerts]
     # and nothing that is someone else: each alert is a sighting his photo matches in the store itself
     alex = largest_face(f"{EXAMPLES}/alex-lacamoire.png")[1].embeddings[0]
     assert {a["sighting_id"] for a in alerts} == {h.sighting.sighting_id for h in search(folder, alex)
