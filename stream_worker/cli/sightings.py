@@ -15,6 +15,7 @@ from stream_worker.cli.files import readable_file
 from stream_worker.cli.options import (
     add_config_options,
     add_options,
+    bounded,
     embedding_space,
     engine_runtime,
     face_analyzer,
@@ -56,8 +57,9 @@ def add_parsers(commands: Any) -> None:
     search.add_argument("--since", help="only sightings that end at or after this time (ISO 8601, with a zone)")
     search.add_argument("--until", help="only sightings that start at or before this time")
     search.add_argument("--camera", action="append", metavar="ID", help="only this stream id (repeatable)")
-    search.add_argument("-k", type=int, default=50, help="at most this many sightings (default 50)")
-    search.add_argument("--threshold", type=float,
+    search.add_argument("-k", type=bounded(int, 1, 10_000, "-k"), default=50,
+                        help="at most this many sightings (default 50)")
+    search.add_argument("--threshold", type=bounded(float, -1.0, 1.0, "--threshold"),
                         help="decision threshold (default: the recognizer's, FMR 1e-3 per comparison)")
     search.add_argument("--thumbnails", action="store_true", help="include each hit's thumbnail (base64 JPEG)")
     search.add_argument("--operator", default=None, help="who searches, for the audit log (default: the OS user)")
@@ -69,7 +71,8 @@ def add_parsers(commands: Any) -> None:
         "clean", help="delete whole days older than the retention period",
         description="Deletes every day partition that ends more than --keep-days days ago (whole files; counted).")
     clean.add_argument("--store", type=Path, required=True, metavar="DIR")
-    clean.add_argument("--keep-days", type=int, metavar="N", help="default: sightings.retention_days")
+    clean.add_argument("--keep-days", type=bounded(int, 1, 100_000, "--keep-days"), metavar="N",
+                       help="default: sightings.retention_days")
     add_config_options(clean)
     clean.set_defaults(handler=run_clean)
 
@@ -104,7 +107,8 @@ def add_parsers(commands: Any) -> None:
         "the sightings are stored, and a replayed track never makes a second sighting. Stops on SIGTERM/SIGINT.")
     serve.add_argument("--store", type=Path, required=True, metavar="DIR", help="the sightings store (made if missing)")
     serve.add_argument("--watch-list-only", action="store_true", help="store only tracks named as an enrolled person")
-    serve.add_argument("--idle-exit-ms", type=int, default=0, help="exit after this long without a record (0: never)")
+    serve.add_argument("--idle-exit-ms", type=bounded(int, 0, 2**31, "--idle-exit-ms"), default=0,
+                       help="exit after this long without a record (0: never)")
     add_options(serve, "bootstrap", "metrics")
     add_config_options(serve)
     serve.set_defaults(handler=run_serve)
@@ -130,8 +134,6 @@ def run_search(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     until = parse_utc(args.until, "--until") if args.until else None
     if since and until and until < since:
         raise ConfigError("--until is before --since")
-    if not 1 <= args.k <= 10_000:
-        raise ConfigError(f"-k must be 1-10000, got {args.k}")
     readable_file(args.photo, "PHOTO", max_bytes=MAX_PHOTO_BYTES)
     space = profile(config.models.recognizer).model_id
     threshold = args.threshold if args.threshold is not None else DEFAULT_CALIBRATIONS[space].threshold
@@ -212,8 +214,6 @@ def run_serve(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     from stream_worker.metrics import WorkerMetrics, serve
     from stream_worker.sightings_feed import SightingsFeed
 
-    if args.idle_exit_ms < 0:
-        raise ConfigError("--idle-exit-ms must be at least 0")
     writable_dir(args.store, "--store", create=True)
     stop = stop_on_signals()
     if config.kafka.create_topics:
