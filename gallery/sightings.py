@@ -401,6 +401,13 @@ class SightingsStore:
         operator rejected for the pseudonym this face links to loses that name; a sighting
         without an identity gets a pseudonym. None if one with its id is already stored (a
         redelivery)."""
+        try:
+            return self._add(sighting)
+        except sqlite3.DatabaseError as exc:  # the disk is full, the file is damaged: the system's fault
+            raise SightingsError(f"{self.directory}: the sighting {sighting.sighting_id} cannot be stored ({exc})") \
+                from exc
+
+    def _add(self, sighting: Sighting) -> Sighting | None:
         with self._lock:
             # the id decides: a redelivered event is found in any partition it may have landed in
             if any(p.has(sighting.sighting_id) for p in self._open_partitions(None, None) if p is not None):

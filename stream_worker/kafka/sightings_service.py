@@ -60,8 +60,17 @@ class SightingsService:
 
     def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
         """Consume until ``stop`` is set (or, with ``idle_exit_ms``, until nothing arrived for
-        that long); returns the counts."""
-        stop = stop or threading.Event()
+        that long); returns the counts. A broker fault is :class:`KafkaUnavailableError`
+        (nothing is committed past the last stored record)."""
+        from kafka.errors import KafkaError
+
+        try:
+            return self._run(stop or threading.Event())
+        except KafkaError as exc:
+            raise KafkaUnavailableError(f"the sightings service lost the broker ({type(exc).__name__}: {exc}); "
+                                        "nothing past the last stored sighting was committed") from None
+
+    def _run(self, stop: threading.Event) -> dict[str, Any]:
         consumer = make_consumer(self.config, group=True, group_id=self.config.sightings_group_id)
         producer = None
         try:

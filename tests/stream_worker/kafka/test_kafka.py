@@ -1005,3 +1005,52 @@ def test_the_sightings_service_dead_letters_what_cannot_be_a_sighting(broker: Ta
     assert len(reasons) == 5 and any("not the stream id" in r for r in reasons)
     assert any("unknown embedding space" in r for r in reasons) and any("dimensions" in r for r in reasons)
     assert any("UTC" in r or "ISO" in r for r in reasons)
+
+
+def test_a_store_that_cannot_be_written_stops_the_sightings_service_without_committing_past_it(
+        broker: TansuBroker, tmp_path: Path) -> None:
+    """The disk fills up (the system's fault, injected at the store's SQLite write): the
+    service stops with a clear error; restarted on a store that works, it gets the same
+    records again, so nothing is lost."""
+    import base64
+    import sqlite3
+    from datetime import UTC, datetime
+
+    from engines.config import DEFAULT_RECOGNIZER
+    from engines.multitask.recognizers import profile
+    from gallery.sightings import SightingsError, SightingsStore
+    from stream_worker.kafka.sightings_service import SightingsService
+    from stream_worker.sightings_feed import SightingsFeed
+
+    class FillsUp(SightingsStore):
+        def _add(self, sighting):  # type: ignore[no-untyped-def]
+            if self.count() >= 1:
+                raise sqlite3.OperationalError("database or disk is full")
+            return super()._add(sighting)
+
+    config = kafka_config(broker, "sightfull")
+    ensure_topics(config)
+    producer = make_producer(config)
+    at = datetime(2026, 11, 29, 10, tzinfo=UTC).isoformat()
+    for n in (1, 2, 3):
+        vector = np.zeros(128, "<f4")
+        vector[n] = 1.0
+        message = {"schema": "facestream.track-embeddings/1", "event_id": f"cam:track:{n}:ended", "stream_id": "cam",
+                   "track_id": n, "space_id": profile(DEFAULT_RECOGNIZER).model_id,
+                   "embeddings": [{"quality": 0.8, "vector": base64.b64encode(vector.tobytes()).decode()}],
+                   "summary": {"first_frame": 0, "last_frame": 9, "first_pts_ms": 0.0, "last_pts_ms": 300.0,
+                               "frames": 10, "best_shot": {"frame_index": 3, "box": [0, 0, 10, 10], "quality": 0.8,
+                                                           "thumbnail": None},
+                               "identity": None, "votes": [], "age": {"value": 30.0, "spread": 2.0},
+                               "gender": {"value": "male", "male_probability": 0.9}, "first_utc": at, "last_utc": at}}
+        producer.send(config.embeddings_topic, key=b"cam", value=json.dumps(message).encode())
+    producer.flush()
+    producer.close()
+    with FillsUp(tmp_path / "store") as full:
+        with pytest.raises(SightingsError, match="cannot be stored.*disk is full"):
+            SightingsService(config, SightingsFeed(full), idle_exit_ms=3000).run()
+        assert full.ids() == ["cam:track:1:ended"]
+    with SightingsStore(tmp_path / "store", create=False) as store:  # the disk has room again
+        counts = SightingsService(config, SightingsFeed(store), idle_exit_ms=3000).run()
+        assert sorted(store.ids()) == [f"cam:track:{n}:ended" for n in (1, 2, 3)]
+    assert counts["stored"] == 2  # (and record 1 again, if it was not committed: a redelivery)
