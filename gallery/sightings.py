@@ -8,13 +8,16 @@ their embedding-space id. The store is a folder:
   Retention deletes whole partitions (files), and a time filter opens only the partitions
   it needs. Vectors are stored in the partition beside their metadata, in one transaction,
   so a crash never leaves a vector without its sighting or the reverse.
-- ``store.sqlite``: the audit log (every search: who, when, a hash of the query image, how
-  many results) and counters (partitions removed by retention).
+- ``store.sqlite``: the audit log (every search, naming, rejection, re-scan and erasure:
+  who, when, a hash of the query image, how many results), counters (pseudonym numbers,
+  partitions removed by retention), rejections ("not this person"), merges of pseudonyms
+  and identities erased with their sightings.
 
 FAISS searches each partition (an exact inner-product index, built from the partition's
 vectors when first searched and kept until the partition changes). Why SQLite and not a
 persisted FAISS file: one file per day holds both, atomically, and a day of a busy site
-(100,000 tracks, 5 vectors each: 250 MB) reindexes in about a second.
+reindexes in seconds (measured: 100,000 sightings with 5 vectors each, a 322 MB file, in
+2.0 s on 2 cores).
 
 Adding is idempotent: a sighting's id is the track's ``track_ended`` event id, so a
 redelivered event never makes a second sighting. Biometric data (vectors, thumbnails) lives
