@@ -65,10 +65,14 @@ class SightingsFeed:
             outcome = "erased"  # named after someone erased with their sightings: never stored
         else:
             outcome = "stored" if self.store.add(self.sighting(message)) is not None else "redelivered"
+        self.count(outcome)
+        return outcome
+
+    def count(self, outcome: str) -> None:
+        """Count an outcome (here and, when given, in ``facestream_sightings{outcome}``)."""
         setattr(self.counts, outcome, getattr(self.counts, outcome) + 1)
         if self.metrics is not None:
             self.metrics.sightings.labels(outcome).inc()
-        return outcome
 
     def sighting(self, message: TrackEmbeddings) -> Sighting:
         summary = message.summary

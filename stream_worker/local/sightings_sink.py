@@ -39,7 +39,7 @@ class SightingsSink:
             if isinstance(event, TrackEnded):
                 message = TrackEmbeddings.of(event, thumbnails.get(event.track_id))
                 if message is None:  # no face of the track was embedded
-                    self.feed.counts.too_poor += 1
+                    self.feed.count("too_poor")
                 else:
                     self.feed.offer(message)
 
