@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from eval_recognizers import CELEBA, STRANGERS, embed, pair_scores, threshold_at, with_fused
+from eval_recognizers import CELEBA, embed, pair_scores, print_report, stranger_rows, threshold_at, with_fused
 
 FMRS = (1e-5, 1e-4, 1e-3)
 SEED = 7
@@ -46,16 +46,7 @@ def strangers(cache: Path, processes: int) -> tuple[dict[str, np.ndarray], np.nd
     """Every photo of the first 1,000 ``train`` people: embeddings per model, and each photo's person."""
     with CELEBA.open() as f:
         rows = list(csv.DictReader(f))
-    first: dict[str, dict[str, str]] = {}
-    rest: list[dict[str, str]] = []
-    for r in rows:
-        if r["split"] != "train":
-            continue
-        if r["identity"] not in first:
-            if len(first) < STRANGERS:
-                first[r["identity"]] = r
-        elif r["identity"] in first:
-            rest.append(r)
+    first, rest = stranger_rows(rows)
     root = CELEBA.parent
     a = embed([root / r["path"] for r in first.values()], cache, "celeba-strangers", processes, False)
     b = embed([root / r["path"] for r in rest], cache, "celeba-strangers-rest", processes, False)
@@ -140,10 +131,7 @@ def main() -> None:
                 result = run(vectors[m], people, profile(recognizer).model_id, thresholds[m][fmr], cohesion)
                 report[m][key] = {"threshold": round(thresholds[m][fmr], 4), **result}
                 print(m, key, json.dumps(report[m][key]), file=sys.stderr, flush=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,30 @@ def embed(paths: list[Path], cache: Path, name: str, processes: int, fresh: bool
     return result
 
 
+def stranger_rows(rows: list[dict[str, str]]) -> tuple[dict[str, dict[str, str]], list[dict[str, str]]]:
+    """The first ``STRANGERS`` people of CelebA's ``train`` split (never enrolled anywhere):
+    identity -> their first photo's row, and the rows of their other photos."""
+    first: dict[str, dict[str, str]] = {}
+    rest: list[dict[str, str]] = []
+    for r in rows:
+        if r["split"] != "train":
+            continue
+        if r["identity"] not in first:
+            if len(first) < STRANGERS:
+                first[r["identity"]] = r
+        else:
+            rest.append(r)
+    return first, rest
+
+
+def print_report(report: dict[str, Any], path: Path | None) -> None:
+    """The report as JSON on standard output, and in ``path`` if given."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if path:
+        path.write_text(text + "\n")
+
+
 def with_fused(emb: dict[str, np.ndarray], weight: float) -> dict[str, np.ndarray]:
     from engines.multitask.recognizers import fuse
 
@@ -184,12 +208,7 @@ def main() -> None:
         rows = list(csv.DictReader(f))
     root = CELEBA.parent
     by_split = {s: [r for r in rows if r["split"] == s] for s in ("val", "test")}
-    seen: set[str] = set()
-    stranger_rows = []
-    for r in rows:
-        if r["split"] == "train" and r["identity"] not in seen and len(stranger_rows) < STRANGERS:
-            seen.add(r["identity"])
-            stranger_rows.append(r)
+    first_photos = list(stranger_rows(rows)[0].values())
     with PAIRS.open() as f:
         pair_rows = list(csv.DictReader(f))
     pair_paths = sorted({PAIRS.parent / r[k] for r in pair_rows for k in ("path_a", "path_b")})
@@ -197,7 +216,7 @@ def main() -> None:
     sets = {
         "celeba-val": [root / r["path"] for r in by_split["val"]],
         "celeba-test": [root / r["path"] for r in by_split["test"]],
-        "celeba-strangers": [root / r["path"] for r in stranger_rows],
+        "celeba-strangers": [root / r["path"] for r in first_photos],
         "pairs": pair_paths,
     }
     emb = {name: embed(paths, args.cache, name, args.processes, args.fresh) for name, paths in sets.items()}
@@ -259,10 +278,7 @@ def main() -> None:
             "threshold_at_fmr_1e-5": threshold_at(genuine, impostor, 1e-5),
             "ms_per_face": speed[m],
         }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

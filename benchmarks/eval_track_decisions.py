@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from eval_recognizers import CELEBA, MODELS, STRANGERS, embed, pair_scores, threshold_at, with_fused
+from eval_recognizers import CELEBA, MODELS, embed, pair_scores, print_report, stranger_rows, threshold_at, with_fused
 
 FMR = 1e-3
 SHOTS = (1, 2, 4)
@@ -169,20 +168,10 @@ def main() -> None:
         rows = list(csv.DictReader(f))
     root = CELEBA.parent
     by_split = {s: [r for r in rows if r["split"] == s] for s in ("val", "test")}
-    first: dict[str, dict[str, str]] = {}
-    rest: list[dict[str, str]] = []
-    for r in rows:
-        if r["split"] != "train":
-            continue
-        if r["identity"] not in first:
-            if len(first) < STRANGERS:
-                first[r["identity"]] = r
-        elif r["identity"] in first:
-            rest.append(r)
+    first, rest = stranger_rows(rows)  # their photos after the first are the stranger tracks
     sets = {
         "celeba-val": [root / r["path"] for r in by_split["val"]],
         "celeba-test": [root / r["path"] for r in by_split["test"]],
-        "celeba-strangers": [root / r["path"] for r in first.values()],
         "celeba-strangers-rest": [root / r["path"] for r in rest],
     }
     weight = profile(Recognizer.FUSED).fusion_weight
@@ -238,10 +227,7 @@ def main() -> None:
                     print(f"{m:6} {split:4} {k} shots, matched {key:20} correct/wrong at stranger rate {cells}",
                           file=sys.stderr)
         report["models"][m] = result
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from gallery import validation as valid
 from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.errors import EnrolmentRefusedError, GalleryCorruptError, GalleryError, IdentityNotFoundError
 from gallery.gallery import Gallery
-from gallery.sightings import SightingsError, SightingsStore, search_result
+from gallery.sightings import SightingsError, SightingsStore, parse_utc, search_result
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +122,9 @@ def _utc(text: str | None, name: str) -> "datetime | None":
     if text is None:
         return None
     try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: not an ISO 8601 time") from None
-    if value.tzinfo is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: give a time zone (e.g. Z)")
-    return value
+        return parse_utc(text)
+    except SightingsError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: {exc}") from None
 
 
 def _runs_models(path: str) -> bool:

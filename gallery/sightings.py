@@ -155,6 +155,20 @@ class SightingHit:
     """``match`` at or above the threshold, else ``unknown``."""
 
 
+def parse_utc(text: str) -> datetime:
+    """An ISO 8601 time with a zone (``Z`` or ``+01:00``), or a date alone (midnight UTC);
+    anything else is :class:`SightingsError` (the command line and the REST API say so)."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise SightingsError(f"{text[:80]!r} is not an ISO 8601 time (e.g. 2026-11-29T10:00:00Z)") from None
+    if value.tzinfo is None:
+        if len(text) == 10:  # a date alone: that day from midnight UTC
+            return value.replace(tzinfo=UTC)
+        raise SightingsError(f"{text[:80]!r} has no time zone (give Z for UTC, or e.g. +01:00)")
+    return value
+
+
 def hit_json(hit: SightingHit, *, thumbnail: bool = False) -> dict[str, object]:
     """A search hit as the command and the REST API print it."""
     s = hit.sighting

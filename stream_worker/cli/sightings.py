@@ -6,7 +6,7 @@ import argparse
 import getpass
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,16 +29,14 @@ MAX_PHOTO_BYTES = 50 << 20
 
 
 def parse_utc(text: str, flag: str) -> datetime:
-    """An ISO 8601 time with a zone (``Z`` or ``+01:00``), or a date (midnight UTC)."""
+    """:func:`gallery.sightings.parse_utc`, its error naming the flag."""
+    from gallery.sightings import SightingsError
+    from gallery.sightings import parse_utc as parse
+
     try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r}: not an ISO 8601 time (e.g. 2026-11-29T10:00:00Z)") from None
-    if value.tzinfo is None:
-        if len(text) == 10:  # a date alone: that day from midnight UTC
-            return value.replace(tzinfo=UTC)
-        raise ConfigError(f"{flag} {text!r}: give a time zone (Z for UTC, or e.g. +01:00)")
-    return value
+        return parse(text)
+    except SightingsError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
 
 
 def add_parsers(commands: Any) -> None:
