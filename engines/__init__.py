@@ -10,11 +10,13 @@ which decides CPU or GPU once and reports what each backend really loaded.
   worker pool model stages split their work over.
 - ``engines.store``: model specs and the catalog, fetching published weights, the model
   cache (checksums on every load).
-- ``engines.convert``: the only code that needs PyTorch: published weights to ONNX,
-  checked numerically (``facestream models fetch``).
+- ``engines.convert``: published weights to ONNX, checked numerically (``facestream models
+  fetch``); with ``engines.training``, the only code that needs PyTorch.
 - ``engines.mtcnn``: the MTCNN face detector (cascade, decoders, NMS).
 - ``engines.multitask``: alignment and the multi-task network (identity embedding, age,
-  gender, pose, quality), and verification of two embeddings.
+  gender, facial attributes, expression, pose, quality; the trained task heads read the
+  recognizer's trunk), and verification of two embeddings.
+- ``engines.training``: training those heads (``facestream train``); needs PyTorch.
 
 Importing this package needs neither CUDA nor PyTorch (nor dlib); dlib is imported when
 the multi-task network is loaded.

@@ -120,6 +120,23 @@ class StoreConfig(ConfigModel):
     """Identity recognizer: ``sface-2021dec``, ``dlib-resnet-v1`` or ``fused`` (README,
     "Recognizers", has the measured comparison behind the default)."""
 
+    heads: str = "trained"
+    """Where age, gender, facial attributes and expression come from: ``trained`` (the heads
+    shipped with FaceStream, reading the SFace trunk the recognizer already runs: one backbone
+    per face), ``cydral`` (the published Cydral age and gender nets: two more backbones per
+    face, no attributes or expression), or the folder ``facestream train heads`` wrote
+    (README, "Task heads")."""
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_known(cls, value: str) -> str:
+        if value in ("trained", "cydral"):
+            return value
+        if not (Path(value) / "heads.json").is_file():
+            raise ValueError(f"heads must be 'trained', 'cydral' or a folder written by `facestream train heads` "
+                             f"(with heads.json); {value!r} is none of these")
+        return value
+
     home: Path | None = None
     """Model cache folder; none: the user cache folder (e.g. ``~/.cache/facestream``)."""
     auto_fetch: Bool = True

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import sqlite3
 import threading
@@ -55,7 +56,8 @@ _PARTITION_SCHEMA = (
         first_frame INTEGER NOT NULL, last_frame INTEGER NOT NULL, first_pts_ms REAL, last_pts_ms REAL,
         start_utc TEXT NOT NULL, end_utc TEXT NOT NULL, frames INTEGER NOT NULL, quality REAL NOT NULL,
         identity_id TEXT, identity_name TEXT, identity_score REAL,
-        age REAL, age_spread REAL, male_probability REAL, space_id TEXT NOT NULL, thumbnail BLOB, pseudonym TEXT)""",
+        age REAL, age_spread REAL, male_probability REAL, space_id TEXT NOT NULL, thumbnail BLOB, pseudonym TEXT,
+        traits TEXT)""",
     "CREATE INDEX IF NOT EXISTS sightings_time ON sightings (start_utc)",
     "CREATE INDEX IF NOT EXISTS sightings_pseudonym ON sightings (pseudonym)",
     "CREATE INDEX IF NOT EXISTS sightings_identity ON sightings (identity_id)",
@@ -116,6 +118,10 @@ class Sighting:
     thumbnail: bytes | None = field(default=None, repr=False)
     pseudonym: str | None = None
     """``unknown-<n>`` for a sighting without an identity (set by the store)."""
+    attributes: dict[str, float] | None = None
+    """The track's smoothed attribute probabilities (trained heads), by name."""
+    expression: str | None = None
+    """The track's most likely expression (when an expression head is shipped)."""
 
     def __post_init__(self) -> None:
         for name in ("sighting_id", "stream_id", "space_id"):
@@ -180,6 +186,7 @@ def hit_json(hit: SightingHit, *, thumbnail: bool = False) -> dict[str, object]:
         "identity": None if s.identity_id is None else {"id": s.identity_id, "name": s.identity_name,
                                                         "score": s.identity_score},
         "pseudonym": s.pseudonym, "age": s.age, "male_probability": s.male_probability,
+        "attributes": s.attributes, "expression": s.expression,
     }
     if thumbnail and s.thumbnail is not None:
         out["thumbnail_jpeg_base64"] = base64.b64encode(s.thumbnail).decode()
@@ -233,6 +240,9 @@ class _Partition:
             self._db.execute(f"PRAGMA {pragma}")
         for statement in _PARTITION_SCHEMA:
             self._db.execute(statement)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(sightings)")}
+        if "traits" not in columns:  # a partition written before the trained heads
+            self._db.execute("ALTER TABLE sightings ADD COLUMN traits TEXT")
         self._index: dict[str, tuple[faiss.IndexFlatIP, np.ndarray]] = {}
 
     def close(self) -> None:
@@ -242,10 +252,11 @@ class _Partition:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             cur = self._db.execute(
-                "INSERT OR IGNORE INTO sightings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR IGNORE INTO sightings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (s.sighting_id, s.stream_id, s.track_id, s.first_frame, s.last_frame, s.first_pts_ms, s.last_pts_ms,
                  _iso(s.start_utc), _iso(s.end_utc), s.frames, s.quality, s.identity_id, s.identity_name,
-                 s.identity_score, s.age, s.age_spread, s.male_probability, s.space_id, s.thumbnail, s.pseudonym))
+                 s.identity_score, s.age, s.age_spread, s.male_probability, s.space_id, s.thumbnail, s.pseudonym,
+                 _traits_json(s)))
             added = cur.rowcount == 1
             if added:
                 self._db.executemany("INSERT INTO vectors VALUES (?,?,?)",
@@ -333,12 +344,20 @@ def _chunks(ids: Sequence[str], size: int = 500) -> Iterator[tuple[str, ...]]:
         yield tuple(items[start:start + size])
 
 
+def _traits_json(s: Sighting) -> str | None:
+    if s.attributes is None and s.expression is None:
+        return None
+    return json.dumps({"attributes": s.attributes, "expression": s.expression}, sort_keys=True)
+
+
 def _row_to_sighting(r: tuple, vectors: np.ndarray) -> Sighting:  # type: ignore[type-arg]
+    traits = json.loads(r[20]) if len(r) > 20 and r[20] else {}
     return Sighting(
         sighting_id=r[0], stream_id=r[1], track_id=r[2], first_frame=r[3], last_frame=r[4], first_pts_ms=r[5],
         last_pts_ms=r[6], start_utc=datetime.fromisoformat(r[7]), end_utc=datetime.fromisoformat(r[8]), frames=r[9],
         quality=r[10], identity_id=r[11], identity_name=r[12], identity_score=r[13], age=r[14], age_spread=r[15],
-        male_probability=r[16], space_id=r[17], thumbnail=r[18], pseudonym=r[19], vectors=vectors)
+        male_probability=r[16], space_id=r[17], thumbnail=r[18], pseudonym=r[19], vectors=vectors,
+        attributes=traits.get("attributes"), expression=traits.get("expression"))
 
 
 class SightingsStore:

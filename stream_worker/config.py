@@ -197,9 +197,9 @@ class KafkaConfig(ConfigModel):
     frames_topic: str = "faces.frames"
     """Input: one image or encoded video chunk per message, keyed by stream id."""
     detections_topic: str = "faces.detections"
-    """Every processed frame's result (facestream.frame/1)."""
+    """Every processed frame's result (facestream.frame/2)."""
     tracks_topic: str = "faces.tracks"
-    """Track events (facestream.track/2)."""
+    """Track events (facestream.track/3)."""
     alerts_topic: str = "faces.alerts"
     """Watch-list hits: every track identified as (or changed to) a gallery identity."""
     dead_letter_topic: str = "faces.dead-letter"
@@ -209,7 +209,7 @@ class KafkaConfig(ConfigModel):
     ``best_shot.thumbnail`` refers to as ``kafka:<topic>/<key>`` (unless the worker writes
     best shots to a --thumbnails folder); empty: off."""
     embeddings_topic: str = "faces.embeddings"
-    """Each ended track's embeddings and best shot (facestream.track-embeddings/1), keyed by
+    """Each ended track's embeddings and best shot (facestream.track-embeddings/2), keyed by
     stream id, for the sightings service: biometric data, kept off the tracks topic so that
     consumers that must not see it never read it; empty: off."""
     sightings_group_id: str = Field("facestream-sightings", min_length=1)

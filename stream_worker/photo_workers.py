@@ -78,7 +78,8 @@ def _start(config: FaceStreamConfig, niceness: int, parent: int) -> None:
     runtime = EngineRuntime(settings)  # lives as long as the process
     store = ModelStore.from_config(config.models)
     _analyzer = FaceAnalyzer(MTCNNDetector.create(config.detector, runtime=runtime, store=store),
-                             MultiTaskNet.create(runtime=runtime, store=store, recognizer=config.models.recognizer))
+                             MultiTaskNet.create(runtime=runtime, store=store, recognizer=config.models.recognizer,
+                                                 heads=config.models.heads))
 
 
 def _photo_faces(data: bytes, name: str, max_pixels: int, with_chips: bool) -> list[FaceSample]:

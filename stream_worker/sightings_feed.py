@@ -89,7 +89,9 @@ class SightingsFeed:
                 quality=summary.best_shot.quality, space_id=message.space_id, vectors=vectors,
                 identity_id=identity.identity_id if identity else None, identity_name=identity.name if identity else None,
                 identity_score=identity.score if identity else None, age=summary.age.value,
-                age_spread=summary.age.spread, male_probability=summary.gender.male_probability, thumbnail=thumbnail)
+                age_spread=summary.age.spread, male_probability=summary.gender.male_probability, thumbnail=thumbnail,
+                attributes=summary.attributes,
+                expression=summary.expression.value if summary.expression is not None else None)
         except (ValueError, binascii.Error, SightingsError) as exc:
             self.counts.invalid += 1
             raise BadTrackMessageError(f"{message.event_id}: not a valid sighting ({exc})") from None

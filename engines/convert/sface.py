@@ -15,7 +15,13 @@ issue 313), has a batch axis fixed to 1, dequantises its weights on every run an
    this form in its blocked NCHWc layout; ``PRelu``, or ``Min``-based rewrites, force a
    layout conversion around every activation (measured, 1 thread: 26.6 ms per face as
    published, 21.8 with ``Relu(x) + a * Min(x, 0)``, 14.3 with this form);
-5. *check*: the converted graph is compared with the cleaned reference on real-valued
+5. *feature*: a second output, ``feature``, is added beside the embedding: the last
+   convolution's activations (``conv_14_relu``, 1024 x 7 x 7) averaged over the whole map,
+   over its upper three rows (eyes, brows, forehead, hat) and over its lower three rows
+   (mouth, chin), concatenated into 3,072 values. The trained task heads
+   (:mod:`engines.multitask.heads`) read it, so one backbone call per face feeds identity,
+   age, gender, attributes and expression; the embedding is unchanged;
+6. *check*: the converted graph is compared with the cleaned reference on real-valued
    random chips at batch 1 and with a batch of 5 against each chip alone; the largest
    difference must stay under :data:`MAX_ABS_DIFF` relative to the output's scale.
 """
@@ -34,6 +40,7 @@ from onnx import helper, numpy_helper
 
 from engines.errors import ModelStoreError, WeightFormatError
 from engines.store.catalog import SFACE, SFACE_SOURCE, YUNET, YUNET_SOURCE
+from engines.store.catalog import SFACE_FEATURE as FEATURE_OUTPUT
 from engines.store.specs import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,10 @@ log = logging.getLogger(__name__)
 MAX_REL_DIFF = 1e-4
 """Largest |converted - reference| allowed, relative to the reference's largest |value|."""
 _FOLDED_OPS = ("DequantizeLinear", "Reshape")
+FEATURE_SOURCE = "conv_14_relu"
+"""The trunk activation the ``feature`` output pools (N, 1024, 7, 7)."""
+FEATURE_BANDS = ((0, 7), (0, 3), (4, 7))
+"""Rows of the 7 x 7 map each part of ``feature`` averages: all, upper, lower."""
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -153,6 +164,33 @@ def rewrite_prelu(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def add_feature(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Add the ``feature`` output (see the module's notes): band averages of the last
+    convolution's activations, concatenated."""
+    graph = model.graph
+    if not any(FEATURE_SOURCE in node.output for node in graph.node):
+        raise WeightFormatError(f"the SFace graph has no {FEATURE_SOURCE!r} activation to pool")
+    parts = []
+    for k, (top, bottom) in enumerate(FEATURE_BANDS):
+        stem = f"feature_band{k}"
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array([top], np.int64), f"{stem}_starts"),
+            numpy_helper.from_array(np.array([bottom], np.int64), f"{stem}_ends"),
+            numpy_helper.from_array(np.array([2], np.int64), f"{stem}_axes"),
+        ])
+        graph.node.extend([
+            helper.make_node("Slice", [FEATURE_SOURCE, f"{stem}_starts", f"{stem}_ends", f"{stem}_axes"],
+                             [f"{stem}_rows"], name=f"{stem}_slice"),
+            helper.make_node("GlobalAveragePool", [f"{stem}_rows"], [f"{stem}_pooled"], name=f"{stem}_pool"),
+            helper.make_node("Flatten", [f"{stem}_pooled"], [stem], name=f"{stem}_flatten", axis=1),
+        ])
+        parts.append(stem)
+    graph.node.append(helper.make_node("Concat", parts, [FEATURE_OUTPUT], name="feature_concat", axis=1))
+    width = 1024 * len(FEATURE_BANDS)
+    graph.output.append(helper.make_tensor_value_info(FEATURE_OUTPUT, onnx.TensorProto.FLOAT, ["batch", width]))
+    return model
+
+
 def compare(reference: onnx.ModelProto, converted: onnx.ModelProto, seed: int = 0) -> float:
     """Largest |converted - reference| over random chips, relative to the output scale;
     a batch of the converted graph is also checked against its chips one at a time."""
@@ -160,9 +198,10 @@ def compare(reference: onnx.ModelProto, converted: onnx.ModelProto, seed: int = 
     chips = rng.uniform(0, 255, (5, 3, 112, 112)).astype(np.float32)
     ref, new = _session(reference), _session(converted)
     name = SFACE.input_name
-    expected = np.concatenate([ref.run(None, {name: chips[i : i + 1]})[0] for i in range(len(chips))])
-    batched = new.run(None, {name: chips})[0]
-    single = np.concatenate([new.run(None, {name: chips[i : i + 1]})[0] for i in range(len(chips))])
+    out = [SFACE.outputs[0].name]
+    expected = np.concatenate([ref.run(out, {name: chips[i : i + 1]})[0] for i in range(len(chips))])
+    batched = new.run(out, {name: chips})[0]
+    single = np.concatenate([new.run(out, {name: chips[i : i + 1]})[0] for i in range(len(chips))])
     if batched.shape != expected.shape:
         raise ModelStoreError(f"converted SFace gives shape {batched.shape}, the original {expected.shape}")
     scale = float(np.abs(expected).max())
@@ -175,7 +214,7 @@ def convert(bundle: ModelBundle, sources: dict[str, Path], out_dir: Path) -> dic
     except Exception as exc:
         raise WeightFormatError(f"{SFACE_SOURCE} is not a readable ONNX file: {exc}") from exc
     reference = clean(published)
-    converted = rewrite_prelu(dynamic_batch(fold_weights(reference)))
+    converted = add_feature(rewrite_prelu(dynamic_batch(fold_weights(reference))))
     onnx.checker.check_model(converted, full_check=True)
     diff = compare(reference, converted)
     if diff > MAX_REL_DIFF:

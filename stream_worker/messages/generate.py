@@ -31,11 +31,11 @@ from stream_worker.messages.results import (
 from stream_worker.messages.state import CHECKPOINT_FORMAT, PartitionCheckpoint
 
 SCHEMAS: dict[str, tuple[str, Any, str]] = {
-    "frame.v1": (FRAME_SCHEMA, FrameResult, "frame result"),
-    "track.v2": (TRACK_SCHEMA, TrackEvent, "track event"),
+    "frame.v2": (FRAME_SCHEMA, FrameResult, "frame result"),
+    "track.v3": (TRACK_SCHEMA, TrackEvent, "track event"),
     "retraction.v1": (RETRACTION_SCHEMA, Retraction, "retraction"),
     "sighting-alert.v1": (SIGHTING_ALERT_SCHEMA, SightingAlert, "sighting alert (re-scan on enrolment)"),
-    "track-embeddings.v1": (EMBEDDINGS_SCHEMA, TrackEmbeddings, "an ended track's embeddings (biometric)"),
+    "track-embeddings.v2": (EMBEDDINGS_SCHEMA, TrackEmbeddings, "an ended track's embeddings (biometric)"),
     "frame-input.v1": (FRAME_INPUT_SCHEMA, FrameInputHeaders, "frames-topic message headers"),
     "partition-checkpoint.v1": (CHECKPOINT_FORMAT, PartitionCheckpoint, "partition checkpoint (state topic)"),
 }

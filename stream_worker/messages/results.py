@@ -30,9 +30,9 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-FRAME_SCHEMA = "facestream.frame/1"
-TRACK_SCHEMA = "facestream.track/2"
-EMBEDDINGS_SCHEMA = "facestream.track-embeddings/1"
+FRAME_SCHEMA = "facestream.frame/2"
+TRACK_SCHEMA = "facestream.track/3"
+EMBEDDINGS_SCHEMA = "facestream.track-embeddings/2"
 RETRACTION_SCHEMA = "facestream.retraction/1"
 """An erased identity: the event ids, on one stream, of messages that carried it."""
 SIGHTING_ALERT_SCHEMA = "facestream.sighting-alert/1"
@@ -97,9 +97,40 @@ class Pose(Message):
     roll: float | None
 
 
+class ExpressionEstimate(Message):
+    value: str
+    """The most likely of angry, disgust, fear, happy, neutral, sad, surprise."""
+    probability: float = Field(ge=0, le=1)
+
+
+def _attribute_field() -> Any:
+    return Field(None, exclude_if=_is_none, description=(
+        "P(attribute) from the trained heads, smoothed over the track (quality-weighted mean) when the face has "
+        "one: Eyeglasses, Wearing_Hat, Facial_Hair, Mustache, Goatee, Bald, Smiling, Mouth_Slightly_Open (the "
+        "attributes the shipped heads reach balanced accuracy 0.85 on; README, 'Task heads'). Absent with the "
+        "Cydral age and gender models."))
+
+
+def _expression_field() -> Any:
+    return Field(None, exclude_if=_is_none, description=(
+        "The expression head's most likely class (smoothed over the track like the attributes); absent when no "
+        "expression head is shipped."))
+
+
+def expression_estimate(probabilities: dict[str, float]) -> ExpressionEstimate | None:
+    if not probabilities:
+        return None
+    label = max(probabilities, key=probabilities.__getitem__)
+    return ExpressionEstimate(value=label, probability=round(min(1.0, max(0.0, probabilities[label])), 4))
+
+
+def attribute_estimate(probabilities: dict[str, float]) -> dict[str, float] | None:
+    return {k: round(min(1.0, max(0.0, v)), 4) for k, v in probabilities.items()} if probabilities else None
+
+
 class FaceTraits(Message):
-    """A face's age, gender, pose and quality: the track's smoothed estimate when the face
-    belongs to a track, the frame's own otherwise."""
+    """A face's age, gender, attributes, expression, pose and quality: the track's smoothed
+    estimate when the face belongs to a track, the frame's own otherwise."""
 
     age: float = Field(ge=0)
     age_std: float = Field(ge=0)
@@ -107,13 +138,18 @@ class FaceTraits(Message):
     gender_score: float = Field(ge=0, le=1)
     pose: Pose
     quality: float = Field(ge=0, le=1)
+    attributes: dict[str, float] | None = _attribute_field()
+    expression: ExpressionEstimate | None = _expression_field()
 
     @classmethod
-    def estimate(cls, age: float, age_std: float, male: float, pose: np.ndarray, quality: float) -> FaceTraits:
+    def estimate(cls, age: float, age_std: float, male: float, pose: np.ndarray, quality: float,
+                 attributes: dict[str, float] | None = None, expression: dict[str, float] | None = None
+                 ) -> FaceTraits:
         yaw, pitch, roll = (None if math.isnan(v) else round(float(v), 1) for v in pose)
         return cls(age=round(age, 1), age_std=round(age_std, 1), gender="male" if male > 0.5 else "female",
                    gender_score=round(max(male, 1.0 - male), 4), pose=Pose(yaw=yaw, pitch=pitch, roll=roll),
-                   quality=round(quality, 3))
+                   quality=round(quality, 3), attributes=attribute_estimate(attributes or {}),
+                   expression=expression_estimate(expression or {}))
 
 
 Point = tuple[float, float]
@@ -137,6 +173,8 @@ class FaceRecord(Message):
     gender_score: float = Field(ge=0, le=1)
     identity: IdentityRef | None
     """The track's identity decision, when the face belongs to an identified track."""
+    attributes: dict[str, float] | None = _attribute_field()
+    expression: ExpressionEstimate | None = _expression_field()
 
 
 # --- frames ---------------------------------------------------------------------------------
@@ -145,7 +183,7 @@ class FaceRecord(Message):
 class FrameResult(Message):
     """Every processed frame of a stream, with the faces found on it."""
 
-    schema_id: Literal["facestream.frame/1"] = Field(FRAME_SCHEMA, alias="schema")
+    schema_id: Literal["facestream.frame/2"] = Field(FRAME_SCHEMA, alias="schema")
     event_id: str
     """stream_id:frame_index; deterministic, for de-duplication."""
     stream_id: str = Field(min_length=1)
@@ -210,6 +248,8 @@ class TrackSummary(Message):
     votes: tuple[Vote, ...]
     age: AgeEstimate
     gender: GenderEstimate
+    attributes: dict[str, float] | None = _attribute_field()
+    expression: ExpressionEstimate | None = _expression_field()
     first_utc: str | None
     """When the track's first frame was received (ISO 8601, UTC; None in the rare case it is
     not known). Embeddings are not here: they are biometric data, published on a topic of
@@ -218,7 +258,7 @@ class TrackSummary(Message):
 
 
 class _TrackEventBase(Message):
-    schema_id: Literal["facestream.track/2"] = Field(TRACK_SCHEMA, alias="schema")
+    schema_id: Literal["facestream.track/3"] = Field(TRACK_SCHEMA, alias="schema")
     event_id: str
     """Deterministic: stream:track:id:started | identified:frame | ended."""
     stream_id: str = Field(min_length=1)
@@ -367,7 +407,7 @@ class TrackEmbeddings(Message):
     consumers that must not see biometrics never read them. ``event_id`` is the
     ``track_ended`` event's."""
 
-    schema_id: Literal["facestream.track-embeddings/1"] = Field(EMBEDDINGS_SCHEMA, alias="schema")
+    schema_id: Literal["facestream.track-embeddings/2"] = Field(EMBEDDINGS_SCHEMA, alias="schema")
     event_id: str
     stream_id: str = Field(min_length=1)
     track_id: int = Field(ge=1)

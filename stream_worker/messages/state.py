@@ -138,6 +138,9 @@ class TrackRecord(Message):
     last_utc: str | None = None
     shots: tuple[ShotState, ...] = ()
     """Up to 4 embedded faces besides the best shot, kept for diversity (sightings)."""
+    attributes_weighted: dict[str, float] = {}
+    """Quality-weighted sums of the attribute probabilities (divided by ``weight``)."""
+    expression_weighted: dict[str, float] = {}
 
 
 class StreamCheckpoint(Message):

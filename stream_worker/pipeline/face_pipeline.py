@@ -322,7 +322,7 @@ class FacePipeline:
                     frame.index, frame.pts_ms, faces.boxes[i], float(analysed.qualities[j]), float(analysed.ages[j]),
                     float(analysed.male_probs[j]),
                     analysed.embeddings[j] if np.isfinite(analysed.embeddings[j]).all() else None,
-                    float(analysed.sharpness[j]), frame.received,
+                    float(analysed.sharpness[j]), frame.received, analysed.attributes_of(j), analysed.expression_of(j),
                 )
                 if improved and track.best is not None:
                     track.best.jpeg = self._thumbnail(frame.image, faces.boxes[i])
@@ -341,7 +341,7 @@ class FacePipeline:
     def _traits(
         faces: FaceDetections, i: int, pose: np.ndarray, track: TrackState | None, analysed: FaceAttributes, j: int | None
     ) -> FaceTraits:
-        """A face's attributes: the track's smoothed age and gender when it has a track, the
+        """A face's attributes: the track's smoothed age, gender, attributes and expression when it has a track, the
         frame's own estimate otherwise; pose and quality of this frame."""
         side = np.array([max(faces.boxes[i, 2] - faces.boxes[i, 0], faces.boxes[i, 3] - faces.boxes[i, 1])])
         if j is not None:
@@ -351,11 +351,13 @@ class FacePipeline:
         quality = float(quality_score(side, np.array([sharpness]), pose[None], faces.scores[i : i + 1])[0])
         if track is not None and track.frames_analysed:
             age, spread = track.age
-            return FaceTraits.estimate(age, spread, track.male_probability, pose, quality)
+            return FaceTraits.estimate(age, spread, track.male_probability, pose, quality, track.attributes,
+                                       track.expression)
         if j is None:  # cannot happen: faces without a track are always analysed
             raise ValueError("a face without a track was not analysed")
         return FaceTraits.estimate(float(analysed.ages[j]), float(analysed.age_stds[j]),
-                                   float(analysed.male_probs[j]), pose, quality)
+                                   float(analysed.male_probs[j]), pose, quality, analysed.attributes_of(j),
+                                   analysed.expression_of(j))
 
     def _identify(self, steps: list[_Step]) -> None:
         if self.gallery is None:

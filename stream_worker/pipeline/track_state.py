@@ -1,4 +1,4 @@
-"""What a track knows: smoothed age and gender, identity votes, its best shot.
+"""What a track knows: smoothed age, gender, attributes and expression, identity votes, its best shot.
 
 One :class:`TrackState` per live track, dropped when the track ends; everything in it is
 bounded (age samples are a fixed-size window), so a 24/7 stream does not grow memory.
@@ -29,6 +29,8 @@ from stream_worker.messages.results import (
     IdentityRef,
     TrackSummary,
     Vote,
+    attribute_estimate,
+    expression_estimate,
 )
 from stream_worker.messages.state import (
     BestShotState,
@@ -109,6 +111,8 @@ class TrackState:
     _ages: deque[tuple[float, float]] = field(default_factory=deque)
     _male_weighted: float = 0.0
     _weight: float = 0.0
+    _attributes: dict[str, float] = field(default_factory=dict)
+    _expression: dict[str, float] = field(default_factory=dict)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> TrackState:
         """A copy for the pipeline's per-step snapshot: the containers this state mutates
@@ -117,6 +121,7 @@ class TrackState:
         new = copy.copy(self)
         new._votes = {k: copy.copy(v) for k, v in self._votes.items()}
         new._ages = deque(self._ages)
+        new._attributes, new._expression = dict(self._attributes), dict(self._expression)
         new.best = copy.copy(self.best)
         new.shots = list(self.shots)
         return new
@@ -140,6 +145,7 @@ class TrackState:
     def observe(
         self, frame_index: int, pts_ms: float | None, box: np.ndarray, quality: float, age: float, male: float,
         embedding: np.ndarray | None, sharpness: float = 0.0, received: datetime | None = None,
+        attributes: dict[str, float] | None = None, expression: dict[str, float] | None = None,
     ) -> bool:
         """Record one analysed sighting; True if the best shot improved (a thumbnail is due).
         Only an embedded face (``embedding`` not None) can become the best shot; one that does
@@ -153,6 +159,9 @@ class TrackState:
             self._ages.popleft()
         self._male_weighted += male * weight
         self._weight += weight
+        for mine, probabilities in ((self._attributes, attributes), (self._expression, expression)):
+            for name, p in (probabilities or {}).items():
+                mine[name] = mine.get(name, 0.0) + p * weight
         if embedding is not None and (self.best is None or quality > self.best.quality):
             if self.best is not None:
                 self._keep_shot(self.best.quality, self.best.embedding)
@@ -217,6 +226,16 @@ class TrackState:
     def male_probability(self) -> float:
         return self._male_weighted / self._weight if self._weight else 0.5
 
+    @property
+    def attributes(self) -> dict[str, float]:
+        """Quality-weighted mean attribute probabilities over the analysed faces."""
+        return {k: v / self._weight for k, v in self._attributes.items()} if self._weight else {}
+
+    @property
+    def expression(self) -> dict[str, float]:
+        """Quality-weighted mean expression probabilities over the analysed faces."""
+        return {k: v / self._weight for k, v in self._expression.items()} if self._weight else {}
+
     def forget_identity(self, identity_id: str) -> bool:
         """Drop an erased identity's votes (and the name, if it was this one); True if the
         track was named after it."""
@@ -243,6 +262,7 @@ class TrackState:
             first_utc=None if self.first_utc is None else self.first_utc.isoformat(),
             last_utc=None if self.last_utc is None else self.last_utc.isoformat(),
             shots=tuple(ShotState(quality=q, embedding=PackedArray.pack(v)) for q, v in self.shots),
+            attributes_weighted=dict(self._attributes), expression_weighted=dict(self._expression),
         )
 
     @classmethod
@@ -261,6 +281,7 @@ class TrackState:
         track.first_utc = None if state.first_utc is None else datetime.fromisoformat(state.first_utc)
         track.last_utc = None if state.last_utc is None else datetime.fromisoformat(state.last_utc)
         track.shots = [(s.quality, s.embedding.unpack()) for s in state.shots]
+        track._attributes, track._expression = dict(state.attributes_weighted), dict(state.expression_weighted)
         return track
 
     def summary(self, thumbnail: str | None) -> TrackSummary:
@@ -279,6 +300,7 @@ class TrackState:
                         for i, v in votes),
             age=AgeEstimate(value=round(age, 1), spread=round(spread, 1)),
             gender=GenderEstimate(value="male" if male > 0.5 else "female", male_probability=round(male, 4)),
+            attributes=attribute_estimate(self.attributes), expression=expression_estimate(self.expression),
             first_utc=None if self.first_utc is None else self.first_utc.isoformat(timespec="milliseconds"),
             last_utc=None if self.last_utc is None else self.last_utc.isoformat(timespec="milliseconds"),
         )

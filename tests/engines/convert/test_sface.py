@@ -79,3 +79,23 @@ def test_converted_graph_has_no_quantised_weights_nor_prelu(model_store: ModelSt
     assert not ops & {"DequantizeLinear", "PRelu", "Min"}
     assert [i.name for i in model.graph.input] == [SFACE.input_name]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_the_feature_output_pools_the_last_convolution_by_bands(model_store: ModelStore, chips: np.ndarray) -> None:
+    """``feature``: the 1024 x 7 x 7 activations of ``conv_14_relu`` averaged over the whole
+    map, rows 0-2 and rows 4-6, side by side; computed from the same call as the embedding."""
+    from onnx import helper
+
+    from engines.convert.sface import FEATURE_SOURCE
+    from engines.store.catalog import SFACE_FEATURE
+
+    path = model_store.bundle_dir(SFACE_BUNDLE) / SFACE.file
+    model = onnx.load(str(path))
+    assert [o.name for o in model.graph.output] == [SFACE.outputs[0].name, SFACE_FEATURE]
+    model.graph.output.append(helper.make_empty_tensor_value_info(FEATURE_SOURCE))
+    embedding, feature, activations = _session(model).run(None, {SFACE.input_name: chips})
+    expected = np.concatenate([activations.mean(axis=(2, 3)), activations[:, :, 0:3].mean(axis=(2, 3)),
+                               activations[:, :, 4:7].mean(axis=(2, 3))], axis=1)
+    assert feature.shape == (len(chips), 3072)
+    np.testing.assert_allclose(feature, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(embedding, _session(path).run([SFACE.outputs[0].name], {SFACE.input_name: chips})[0])

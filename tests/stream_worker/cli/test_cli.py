@@ -99,7 +99,8 @@ def test_models_list_and_info(model_store: ModelStore) -> None:
     info = run(["info", "--device", "cpu"], model_store.home)
     report = json.loads(info.stdout)
     assert report["runtime"]["device"] == "cpu" and report["runtime"]["fallback"] is False
-    assert len(report["runtime"]["backends"]) == 6  # P-, R-, O-Net, SFace, age, gender
+    assert len(report["runtime"]["backends"]) == 5  # P-, R-, O-Net, SFace (with its trunk feature), the task heads
+    assert report["runtime"]["backends"][-1].startswith("heads: ")
     assert report["bundles"] == {"mtcnn": "ok", "multitask": "ok", "sface": "ok"}
 
 

@@ -187,4 +187,4 @@ def test_ctrl_c_ends_every_track_and_exits_130(model_store: ModelStore, faces_di
     started = {e["track_id"] for e in events if e.get("type") == "track_started"}
     ended = {e["track_id"] for e in events if e.get("type") == "track_ended"}
     assert started and started == ended  # the output is complete: every track that started has ended
-    assert len([e for e in events if e["schema"] == "facestream.frame/1"]) < 275
+    assert len([e for e in events if e["schema"] == "facestream.frame/2"]) < 275

@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 
 from engines.config import DEFAULT_RECOGNIZER
+from engines.multitask.heads import SHIPPED
 from engines.multitask.recognizers import profile
 from engines.store.model_store import ModelStore
 from gallery.defaults import DEFAULT_CALIBRATIONS
@@ -121,8 +122,10 @@ def test_a_photo_finds_the_person_first_on_both_cameras_with_their_time_spans(  
     lin_tracks = {(e["stream_id"], e["track_id"]) for e in ended
                   if e.get("identity") and e["identity"]["name"] == "Lin-Manuel Miranda"}
     assert lin_tracks and lin_tracks <= {(h["camera"], h["track_id"]) for h in matches}
+    shipped = set(json.loads((SHIPPED / "heads.json").read_text())["shipped_attributes"])
     for h in matches:
         assert h["identity"] is None or h["identity"]["name"] == "Lin-Manuel Miranda"
+        assert set(h["attributes"]) == shipped and h["expression"]  # the track's smoothed trained-head outputs
         start = datetime.fromisoformat(CAM_A if h["camera"] == "cam-a" else CAM_B)
         for when, pts in (("start_utc", "first_pts_ms"), ("end_utc", "last_pts_ms")):  # stored to the millisecond
             assert abs(datetime.fromisoformat(h[when]) - start - timedelta(milliseconds=h[pts])) < timedelta(milliseconds=1)

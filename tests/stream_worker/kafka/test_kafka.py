@@ -147,7 +147,7 @@ def frame_ids(broker: TansuBroker, topic: str) -> collections.Counter[str]:
 
 def named_frames(records: list[dict[str, Any]]) -> dict[int, set[str]]:
     return {m["frame_index"]: {f["identity"]["name"] for f in m["faces"] if f["identity"]}
-            for m in records if m["schema"] == "facestream.frame/1"}
+            for m in records if m["schema"] == "facestream.frame/2"}
 
 
 # --- end to end -------------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def test_end_to_end_every_frame_has_a_result_and_identities_match_the_file_run( 
         jsonschema.validate(message, schema_for(message["schema"]))
         headers = header_dict(record.headers)
         assert record.key == b"hamilton" and headers["fs-event-id"] == message["event_id"]
-        assert headers["fs-schema"] == message["schema"] == "facestream.frame/1"
+        assert headers["fs-schema"] == message["schema"] == "facestream.frame/2"
     tracks = messages(broker, config.tracks_topic)
     for message in tracks:
         jsonschema.validate(message, schema_for(message["schema"]))
@@ -676,7 +676,7 @@ def test_gallery_changelog_enrol_reaches_every_worker_and_erasure_retracts(  # t
             assert len(retractions) == 1
             jsonschema.validate(retractions[0], schema_for("facestream.retraction/1"))
             named = {m["event_id"] for m in messages(broker, config.detections_topic)
-                     if m["schema"] == "facestream.frame/1" and any(f["identity"] for f in m["faces"])}
+                     if m["schema"] == "facestream.frame/2" and any(f["identity"] for f in m["faces"])}
             assert named and set(retractions[0]["retracted_event_ids"]) >= named
 
         publish(base, [Frame("stage-2", f.index, f.pts_ms, f.image, f.received) for f in lin_close_up])
@@ -686,7 +686,7 @@ def test_gallery_changelog_enrol_reaches_every_worker_and_erasure_retracts(  # t
             after = [m for m in messages(broker, config.detections_topic) + messages(broker, config.tracks_topic)
                      if m["stream_id"] == "stage-2"]
             assert after and not any(m.get("identity") for m in after)
-            assert not any(f["identity"] for m in after if m["schema"] == "facestream.frame/1" for f in m["faces"])
+            assert not any(f["identity"] for m in after if m["schema"] == "facestream.frame/2" for f in m["faces"])
     finally:
         for _, worker in workers.values():
             if worker.process.poll() is None:
@@ -746,7 +746,7 @@ def test_produce_and_tail_commands(broker: TansuBroker, faces_dir: Path, tmp_pat
         jsonschema.validate(header_dict(record.headers), schema_for("facestream.frame-input/1"))
 
     producer = make_producer(KafkaConfig(bootstrap_servers=broker.bootstrap))
-    good = {"schema": "facestream.track/2", "event_id": "cam9:track:1:started", "type": "track_started",
+    good = {"schema": "facestream.track/3", "event_id": "cam9:track:1:started", "type": "track_started",
             "stream_id": "cam9", "track_id": 1, "frame_index": 4, "pts_ms": 133.4}
     producer.send("cli.results", key=b"cam9", value=json.dumps(good).encode())
     producer.send("cli.results", key=b"cam9", value=json.dumps({**good, "track_id": 0}).encode())  # fails its schema
@@ -758,7 +758,7 @@ def test_produce_and_tail_commands(broker: TansuBroker, faces_dir: Path, tmp_pat
                           check=False)
     assert tail.returncode == 1
     assert [json.loads(line) for line in tail.stdout.splitlines()] == [good]
-    assert "fails facestream.track/2" in tail.stderr and "not JSON" in tail.stderr
+    assert "fails facestream.track/3" in tail.stderr and "not JSON" in tail.stderr
     missing = subprocess.run([sys.executable, "-m", "stream_worker.cli", "tail", "--topic", "no.such.topic"],
                              env=env, capture_output=True, text=True, timeout=60, check=False)
     assert missing.returncode == 2 and "topic no.such.topic does not exist" in missing.stderr
@@ -779,9 +779,9 @@ def test_run_publishes_a_file_sources_results_to_kafka(broker: TansuBroker, mode
     local = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     published = messages(broker, "run.detections") + messages(broker, "run.tracks")
     assert sorted(m["event_id"] for m in published) == sorted(m["event_id"] for m in local)
-    assert len([m for m in published if m["schema"] == "facestream.frame/1"]) == 275
+    assert len([m for m in published if m["schema"] == "facestream.frame/2"]) == 275
     for record in read_topic(broker.bootstrap, "run.tracks"):
-        assert record.key == b"clip" and header_dict(record.headers)["fs-schema"] == "facestream.track/2"
+        assert record.key == b"clip" and header_dict(record.headers)["fs-schema"] == "facestream.track/3"
 
 
 def test_a_restarted_producer_continues_the_numbering_and_retries_are_dropped(  # type: ignore[no-untyped-def]
@@ -961,7 +961,7 @@ def test_the_sightings_service_dead_letters_what_cannot_be_a_sighting(broker: Ta
 
     config = kafka_config(broker, "sightbad")
     ensure_topics(config)
-    good = {"schema": "facestream.track-embeddings/1", "event_id": "cam:track:1:ended", "stream_id": "cam",
+    good = {"schema": "facestream.track-embeddings/2", "event_id": "cam:track:1:ended", "stream_id": "cam",
             "track_id": 1, "space_id": profile(DEFAULT_RECOGNIZER).model_id,
             "embeddings": [{"quality": 0.8, "vector": "AAAAAA=="}],
             "summary": {"first_frame": 0, "last_frame": 9, "first_pts_ms": 0.0, "last_pts_ms": 300.0, "frames": 10,
@@ -1035,7 +1035,7 @@ def test_a_store_that_cannot_be_written_stops_the_sightings_service_without_comm
     for n in (1, 2, 3):
         vector = np.zeros(128, "<f4")
         vector[n] = 1.0
-        message = {"schema": "facestream.track-embeddings/1", "event_id": f"cam:track:{n}:ended", "stream_id": "cam",
+        message = {"schema": "facestream.track-embeddings/2", "event_id": f"cam:track:{n}:ended", "stream_id": "cam",
                    "track_id": n, "space_id": profile(DEFAULT_RECOGNIZER).model_id,
                    "embeddings": [{"quality": 0.8, "vector": base64.b64encode(vector.tobytes()).decode()}],
                    "summary": {"first_frame": 0, "last_frame": 9, "first_pts_ms": 0.0, "last_pts_ms": 300.0,

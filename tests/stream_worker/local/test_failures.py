@@ -61,7 +61,7 @@ def run(pipeline: FacePipeline, images: list[np.ndarray], out: Path, **stream: A
 
 
 def frames_of(messages: list[dict]) -> list[int]:  # type: ignore[type-arg]
-    return [m["frame_index"] for m in messages if m["schema"] == "facestream.frame/1"]
+    return [m["frame_index"] for m in messages if m["schema"] == "facestream.frame/2"]
 
 
 def test_a_bad_frame_is_skipped_and_a_passing_fault_is_retried(detector, multitask, hamilton_frames: list[Frame],  # type: ignore[no-untyped-def]

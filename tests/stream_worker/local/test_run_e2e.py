@@ -11,6 +11,7 @@ import av
 import jsonschema
 import pytest
 
+from engines.multitask.heads import SHIPPED
 from gallery.enrol import EnrolPolicy, PhotoEnroller
 from gallery.gallery import Gallery
 from stream_worker.config import StreamConfig
@@ -61,7 +62,7 @@ def run_output(tmp_path_factory: pytest.TempPathFactory, detector, multitask, fa
 
 def test_every_frame_has_a_record_and_every_message_validates(run_output) -> None:  # type: ignore[no-untyped-def]
     _, summary, messages = run_output
-    frames = [m for m in messages if m["schema"] == "facestream.frame/1"]
+    frames = [m for m in messages if m["schema"] == "facestream.frame/2"]
     assert [m["frame_index"] for m in frames] == list(range(275))
     assert summary.frames == 275 and summary.streams["hamilton"]["error"] is None
     for message in messages:
@@ -72,7 +73,7 @@ def test_every_frame_has_a_record_and_every_message_validates(run_output) -> Non
 
 def test_people_are_named_correctly_on_their_tracks(run_output) -> None:  # type: ignore[no-untyped-def]
     _, _, messages = run_output
-    named_faces = [(m["frame_index"], f) for m in messages if m["schema"] == "facestream.frame/1"
+    named_faces = [(m["frame_index"], f) for m in messages if m["schema"] == "facestream.frame/2"
                    for f in m["faces"] if f["identity"] is not None]
     wrong = [(frame, f["track_id"], f["identity"]["name"], person_at(frame, f["box"]))
              for frame, f in named_faces if f["identity"]["name"] != person_at(frame, f["box"])]
@@ -87,7 +88,7 @@ def test_each_person_is_at_most_three_tracks(run_output) -> None:  # type: ignor
     _, _, messages = run_output
     tracks: dict[int, list[str]] = {}
     for m in messages:
-        if m["schema"] == "facestream.frame/1":
+        if m["schema"] == "facestream.frame/2":
             for f in m["faces"]:
                 if f["track_id"] is not None:
                     tracks.setdefault(f["track_id"], []).append(person_at(m["frame_index"], f["box"]))
@@ -108,6 +109,18 @@ def test_track_summaries_and_outputs(run_output) -> None:  # type: ignore[no-unt
     assert lin and all(m["summary"]["gender"]["value"] == "male" and 20 <= m["summary"]["age"]["value"] <= 50 for m in lin)
     for m in ended:
         assert Path(m["summary"]["best_shot"]["thumbnail"]).is_file()
+    # the trained heads' attributes and expression, per face and smoothed per track
+    shipped = set(json.loads((SHIPPED / "heads.json").read_text())["shipped_attributes"])
+    faces = [f for m in messages if m["schema"] == "facestream.frame/2" for f in m["faces"]]
+    assert faces and all(set(f["attributes"]) == shipped and f["expression"]["value"] for f in faces)
+    assert all(set(m["summary"]["attributes"]) == shipped for m in ended)
+    track_faces = {}
+    for f in faces:
+        if f["track_id"] is not None:
+            track_faces.setdefault(f["track_id"], []).append(f["attributes"])
+    for m in ended:  # a tracked face carries its track's running estimate: the last one is the summary's
+        if m["track_id"] in track_faces:
+            assert track_faces[m["track_id"]][-1] == m["summary"]["attributes"]
     with av.open(str(out / "annotated.mp4")) as video:
         assert sum(1 for _ in video.decode(video=0)) == 275
 

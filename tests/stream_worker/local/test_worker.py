@@ -63,7 +63,7 @@ def test_realtime_pacing_drops_and_reports_gaps(detector, multitask, faces_dir: 
     assert stats["frames_decoded"] == 120
     assert stats["frames_dropped"] > 0 and stats["frames_processed"] + stats["frames_dropped"] == 120
     frames = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()
-              if '"facestream.frame/1"' in line]
+              if '"facestream.frame/2"' in line]
     lost = sum(f.get("gap", {}).get("frames_lost", 0) for f in frames)
     assert lost == stats["frames_dropped"]  # every dropped frame is accounted for in the output
     assert all(b["frame_index"] > a["frame_index"] for a, b in zip(frames, frames[1:]))

@@ -41,20 +41,20 @@ def test_messages_validate_against_their_schemas_and_broken_ones_do_not() -> Non
     assert message["event_id"] == "cam:4" and message["pts_ms"] == 133.467
     assert message["faces"][0]["identity"] == {"id": "lin", "name": "Lin", "score": 0.9512, "decision": "match"}
     assert message["faces"][0]["pose"] == {"yaw": 3.2, "pitch": None, "roll": -1.0}
-    jsonschema.validate(message, schema_for("facestream.frame/1"))
+    jsonschema.validate(message, schema_for("facestream.frame/2"))
     for broken in ({k: v for k, v in message.items() if k != "event_id"}, {**message, "extra": 1},
                    {**message, "faces": [{**message["faces"][0], "gender": "other"}]}):
         with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate(broken, schema_for("facestream.frame/1"))
+            jsonschema.validate(broken, schema_for("facestream.frame/2"))
     started = TrackStarted(stream_id="cam", track_id=3, frame_index=4, pts_ms=None).to_json()
     assert "identity" not in started and started["event_id"] == "cam:track:3:started"
     identified = TrackIdentified(stream_id="cam", track_id=3, frame_index=9, pts_ms=300.0, previous_identity=None,
                                  identity=IdentityRef(identity_id="lin", name="Lin", score=0.95, decision="match"))
-    jsonschema.validate(identified.to_json(), schema_for("facestream.track/2"))
+    jsonschema.validate(identified.to_json(), schema_for("facestream.track/3"))
     assert identified.event_id == "cam:track:3:identified:9"
     without = {k: v for k, v in identified.to_json().items() if k != "previous_identity"}
     with pytest.raises(jsonschema.ValidationError):  # an identification always says from whom
-        jsonschema.validate(without, schema_for("facestream.track/2"))
+        jsonschema.validate(without, schema_for("facestream.track/3"))
 
 
 def test_a_message_survives_its_own_json() -> None:

@@ -94,3 +94,22 @@ def test_a_track_keeps_its_best_shot_and_up_to_four_diverse_others_through_a_che
     assert restored.first_utc == start and restored.last_utc == t.last_utc
     summary = restored.summary(None)
     assert summary.first_utc == "2026-11-29T10:00:00.000+00:00" and "embedding" not in summary.to_json()
+
+
+def test_attributes_and_expression_are_smoothed_by_quality_through_a_checkpoint() -> None:
+    t = track()
+    box = np.array([0, 0, 10, 10], np.float32)
+    t.observe(0, 0.0, box, 0.9, 30.0, 0.9, unit_vector(1, 0, 0), attributes={"Smiling": 1.0, "Eyeglasses": 0.2},
+              expression={"happy": 0.8, "neutral": 0.2})
+    t.observe(1, 40.0, box, 0.1, 30.0, 0.9, unit_vector(1, 0, 0), attributes={"Smiling": 0.0, "Eyeglasses": 0.7},
+              expression={"happy": 0.0, "neutral": 1.0})
+    assert t.attributes == pytest.approx({"Smiling": 0.9, "Eyeglasses": 0.25})
+    assert t.expression == pytest.approx({"happy": 0.72, "neutral": 0.28})
+    restored = TrackState.from_state(t.to_state(), t.config)
+    assert restored.attributes == pytest.approx(t.attributes)
+    summary = restored.summary(None).to_json()
+    assert summary["attributes"] == {"Smiling": 0.9, "Eyeglasses": 0.25}
+    assert summary["expression"] == {"value": "happy", "probability": 0.72}
+    plain = track()
+    plain.observe(0, 0.0, box, 0.9, 30.0, 0.9, unit_vector(1, 0, 0))  # the Cydral models: no attributes
+    assert "attributes" not in plain.summary(None).to_json() and "expression" not in plain.summary(None).to_json()

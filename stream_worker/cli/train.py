@@ -1,0 +1,160 @@
+"""``facestream train features|heads``: retrain the task heads on labelled faces.
+
+``features`` runs the recognizer's trunk once over a labelled set (MTCNN, alignment,
+SFace: the path the worker runs) into a resumable cache; ``heads`` trains the heads from
+it in minutes, evaluates them and writes a heads folder the worker loads with
+``models.heads_dir``. Needs PyTorch (``pip install 'facestream[convert]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from engines.errors import ConfigError
+from stream_worker.cli.options import add_config_options, bounded, model_store
+from stream_worker.config import FaceStreamConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SETS = "utkface,celeba,fer2013"
+
+
+def _sets(text: str) -> tuple[str, ...]:
+    from engines.training.data import SETS
+
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in names if s not in SETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"sets must be among {', '.join(SETS)}, got {text!r}")
+    return names
+
+
+def add_parsers(commands: Any) -> None:
+    train = commands.add_parser(
+        "train", help="retrain the task heads (gender, age, attributes, expression) on labelled faces",
+        description="Two steps: `features` caches the trunk's outputs for a labelled set, `heads` trains the heads "
+        "from that cache. A labelled set is a folder with labels_utkface.csv, labels_celeba.csv and/or "
+        "labels_fer2013.csv (README, 'Task heads', gives the columns). Needs PyTorch.")
+    actions = train.add_subparsers(dest="train_command", required=True, metavar="STEP")
+    features = actions.add_parser(
+        "features", help="run the trunk once over a labelled set into a feature cache (resumable)",
+        description="MTCNN, ArcFace alignment and the recognizer's trunk over every image of the set, largest face "
+        "per image, written to CACHE in shards of 500 images; an interrupted run resumes. About 20-40 ms per image "
+        "per process on a modern CPU core.")
+    features.add_argument("--data", type=Path, required=True, metavar="DIR", help="the labelled set's folder")
+    features.add_argument("--cache", type=Path, required=True, metavar="DIR", help="where the features go")
+    features.add_argument("--sets", type=_sets, default=_sets(DEFAULT_SETS), help=f"default {DEFAULT_SETS}")
+    features.add_argument("--processes", type=bounded(int, 1, 256, "--processes"), default=2)
+    add_config_options(features)
+    features.set_defaults(handler=run_features)
+
+    heads = actions.add_parser(
+        "heads", help="train, evaluate and write the task heads from a feature cache",
+        description="Trains on `train`, chooses the epoch on `val`, reports on `test` (UTKFace: `val`). Seeded: the "
+        "same cache and options give the same weights. Writes OUT/heads.onnx, OUT/heads.json (sha256, trunk, what is "
+        "shipped) and OUT/metrics.json (options, per-epoch losses and task weights, figures with 95%% bootstrap "
+        "intervals, the label files' SHA-256 and licences).")
+    heads.add_argument("--data", type=Path, required=True, metavar="DIR")
+    heads.add_argument("--cache", type=Path, required=True, metavar="DIR")
+    heads.add_argument("--out", type=Path, required=True, metavar="DIR")
+    heads.add_argument("--sets", type=_sets, default=_sets(DEFAULT_SETS))
+    heads.add_argument("--inputs", choices=("embedding", "feature", "both"), default="both",
+                       help="cross-task fusion: what the heads read (default both)")
+    heads.add_argument("--weighting", choices=("fixed", "dynamic", "reverse", "uncertainty"), default="fixed",
+                       help="task loss weighting (default fixed; README, 'Task heads', has the ablation)")
+    heads.add_argument("--attribute-head", choices=("plain", "gated", "gated+correlation"), default="gated+correlation")
+    heads.add_argument("--epochs", type=bounded(int, 1, 1000, "--epochs"), default=20)
+    heads.add_argument("--hidden", type=bounded(int, 8, 4096, "--hidden"), default=256)
+    heads.add_argument("--seed", type=int, default=0)
+    heads.add_argument("--attribute-target", type=bounded(float, 0.0, 1.0, "--attribute-target"), default=0.85,
+                       help="ship an attribute only if its balanced accuracy on test reaches this (default 0.85)")
+    heads.add_argument("--expression-target", type=bounded(float, 0.0, 1.0, "--expression-target"), default=0.55,
+                       help="ship expression only if its test accuracy reaches this (default 0.55)")
+    add_config_options(heads)
+    heads.set_defaults(handler=run_heads)
+
+
+def _load(args: argparse.Namespace):
+    from engines.training.data import load
+
+    return load(args.data, args.sets)
+
+
+def run_features(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+    from tqdm import tqdm
+
+    from engines.training.features import extract
+
+    data = _load(args)
+    store = model_store(config)
+    with tqdm(total=len(data), unit="img", desc="trunk features", file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        cache = extract(data, args.cache, processes=args.processes, store_home=store.home, progress=progress)
+    found = int(cache.found.sum())
+    print(json.dumps({"images": len(data), "faces_found": found, "cache": str(args.cache), "trunk": cache.trunk}))
+    return 0
+
+
+def licences(data_dir: Path) -> list[dict[str, str]]:
+    """The sources table of the set's SOURCES.md (dataset, repository, commit, licence), if present."""
+    file = data_dir / "SOURCES.md"
+    rows = []
+    if file.exists():
+        for line in file.read_text().splitlines():
+            cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+            if len(cells) == 4 and cells[0] not in ("dataset", "---") and not cells[0].startswith("-"):
+                rows.append(dict(zip(("dataset", "repository", "commit", "licence"), cells)))
+    return rows
+
+
+def run_heads(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+
+    from engines.training.data import ATTRIBUTES
+    from engines.training.export import export
+    from engines.training.features import read
+    from engines.training.model import HeadConfig
+    from engines.training.train import evaluate_by_set, train_heads
+
+    data = _load(args)
+    cache = read(data, args.cache)
+    try:
+        head_config = HeadConfig(inputs=args.inputs, weighting=args.weighting, attribute_head=args.attribute_head,
+                                 epochs=args.epochs, hidden=args.hidden, seed=args.seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        losses = " ".join(f"{k}={v:.3f}" for k, v in row["loss"].items())
+        weights = " ".join(f"{k}={v:.2f}" for k, v in row["task_weights"].items())
+        print(f"epoch {row['epoch']}/{head_config.epochs}: val score {row['val_score']:.4f}; loss {losses}; "
+              f"weights {weights} ({row['seconds']} s)", file=sys.stderr, flush=True)
+
+    result = train_heads(data, cache, head_config, on_epoch=on_epoch)
+    report: dict[str, Any] = {"config": head_config.to_dict(), "best_epoch": result.best_epoch,
+                              "history": result.history, "trunk": cache.trunk,
+                              "faces": {"images": len(data), "found": int(cache.found.sum())}}
+    for split in ("val", "test"):
+        report[split] = evaluate_by_set(data, cache, result.model, split, intervals=True)
+    test_attrs = report["test"].get("celeba", {}).get("attributes_balanced_accuracy", {})
+    shipped = tuple(a for a in ATTRIBUTES if test_attrs.get(a, {}).get("value", 0.0) >= args.attribute_target)
+    expression = report["test"].get("fer2013", {}).get("expression_accuracy", {}).get("value", 0.0)
+    report["shipped"] = {"attributes": list(shipped), "attribute_target": args.attribute_target,
+                         "expression": bool(expression >= args.expression_target),
+                         "expression_target": args.expression_target}
+    report["training_data"] = {"folder": str(args.data), "labels_sha256": data.digest(), "sets": list(args.sets),
+                               "licences": licences(args.data)}
+    export(result.model, args.out, trunk=cache.trunk, shipped_attributes=shipped,
+           expression_shipped=report["shipped"]["expression"], metrics=report)
+    summary = {"out": str(args.out), "best_epoch": result.best_epoch, "shipped": report["shipped"]}
+    for split in ("val", "test"):
+        summary[split] = {f"{name}.{k}": v["value"] for name, figures in report[split].items()
+                          for k, v in figures.items() if isinstance(v, dict) and "value" in v}
+    print(json.dumps(summary, indent=2, default=float))
+    return 0
