@@ -41,7 +41,7 @@ AGE_BINS = MAX_AGE + 1
 class HeadConfig:
     """Everything that defines a training run (written into the metrics JSON)."""
 
-    inputs: str = "both"
+    inputs: str = "feature"
     weighting: str = "fixed"
     attribute_head: str = "gated+correlation"
     hidden: int = 256

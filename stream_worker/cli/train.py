@@ -63,8 +63,8 @@ def add_parsers(commands: Any) -> None:
     heads.add_argument("--cache", type=Path, required=True, metavar="DIR")
     heads.add_argument("--out", type=Path, required=True, metavar="DIR")
     heads.add_argument("--sets", type=_sets, default=_sets(DEFAULT_SETS))
-    heads.add_argument("--inputs", choices=("embedding", "feature", "both"), default="both",
-                       help="cross-task fusion: what the heads read (default both)")
+    heads.add_argument("--inputs", choices=("embedding", "feature", "both"), default="feature",
+                       help="cross-task fusion: what the heads read (default feature)")
     heads.add_argument("--weighting", choices=("fixed", "dynamic", "reverse", "uncertainty"), default="fixed",
                        help="task loss weighting (default fixed; README, 'Task heads', has the ablation)")
     heads.add_argument("--attribute-head", choices=("plain", "gated", "gated+correlation"), default="gated+correlation")
