@@ -137,6 +137,8 @@ def main() -> None:
     parser.add_argument("--analyze-every", type=int, default=PipelineConfig().analyze_every_frames)
     parser.add_argument("--recognizers", nargs="+", type=Recognizer, default=list(Recognizer),
                         help="FaceStream recognizers to run (default: all)")
+    parser.add_argument("--heads", nargs="+", default=["trained", "cydral"],
+                        help="where age, gender (and attributes) come from, each run (default: trained cydral)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="every pipeline runs once per round, interleaved; medians are reported (default 3)")
     args = parser.parse_args()
@@ -158,6 +160,8 @@ def main() -> None:
             gallery = build_gallery(Path(tmp) / f"{recognizer.value}.db", FaceAnalyzer(detector, multitask),
                                     args.identities)
             runs[recognizer] = (multitask, gallery)
+        nets = {(recognizer, heads): MultiTaskNet.create(runtime=runtime, store=store, recognizer=recognizer, heads=heads)
+                for recognizer in args.recognizers for heads in args.heads}
         # dlib's pipeline compares raw descriptors; its gallery: synthetic directions at dlib's typical norm.
         dlib_gallery = runs[Recognizer.DLIB][1]
         gallery_descriptors = dlib_gallery.store.templates(dlib_gallery.model, dim=128)[2] * 1.39
@@ -173,10 +177,10 @@ def main() -> None:
             print(f"round {round_ + 1} of {args.rounds}", file=sys.stderr)
             record(dlib_name, run_dlib(frames, args.dlib_dat, predictor, gallery_descriptors))
             record(opencv_name, run_opencv(frames, yunet, sface_net, sface_templates))
-            for recognizer in args.recognizers:
-                multitask, gallery = runs[recognizer]
-                name = (f"FaceStream, {recognizer.value} (full detection every {args.detect_every} frames, "
-                        f"analysis every {args.analyze_every})")
+            for (recognizer, heads), multitask in nets.items():
+                gallery = runs[recognizer][1]
+                name = (f"FaceStream, {recognizer.value}, {heads} heads (full detection every {args.detect_every} "
+                        f"frames, analysis every {args.analyze_every})")
                 record(name, run_facestream(detector, multitask, gallery, Path(tmp) / "out.jsonl", config))
         for _, gallery in runs.values():
             gallery.close()

@@ -185,7 +185,10 @@ class MultiTaskNet:
         ``detections[k]`` must be the detector's result for ``images[k]`` (same size).
         Faces partly outside the image are analysed on black padding. ``embed_if(k, row,
         quality)``, when given, is asked per face once its quality is known; the recognizer
-        runs only on the faces it accepts (the others' embeddings and norms are NaN).
+        runs only on the faces it accepts (the others' embeddings and norms are NaN). With
+        the trained heads, age, gender, attributes and expression come from that same SFace
+        call, so they too are computed only for the accepted faces (NaN for the others: the
+        stream pipeline gives such a face its track's estimate).
         """
         if len(images) != len(detections):
             raise ValueError(f"{len(images)} images but {len(detections)} detection results")
@@ -204,6 +207,12 @@ class MultiTaskNet:
         embed_all = embed_if is None
         infer = self._infer_and_embed if embed_all else self._infer
         chunks = [self._align(rgbs, detections, part) for part in self._chunks(faces)]
+        if self._heads is not None and embed_if is not None:
+            laplacian = np.concatenate([sharpness(c.embedding_chips) for c in chunks])
+            poses, quality = self._quality(faces, detections, laplacian)
+            wanted = [i for i, (face, q) in enumerate(zip(faces, quality)) if embed_if(face.image, face.row, float(q))]
+            merged = self._infer_selected(chunks, np.array(wanted, np.int64), laplacian)
+            return self._decode(detections, merged, merged.descriptors, poses, quality)
         pending = [self._runtime.submit(infer, aligned) for aligned in chunks]
         results = [p.result() for p in pending]
         merged = _ChunkResult(*(
@@ -218,6 +227,31 @@ class MultiTaskNet:
             wanted = [i for i, (face, q) in enumerate(zip(faces, quality)) if embed_if(face.image, face.row, float(q))]
             descriptors = self._embed_selected(chunks, np.array(wanted, np.int64), len(faces), merged.sface)
         return self._decode(detections, merged, descriptors, poses, quality)
+
+    def _infer_selected(self, chunks: list[_Aligned], wanted: np.ndarray, laplacian: np.ndarray) -> _ChunkResult:
+        """Embedding and head outputs of the faces ``wanted`` (indices over all chunks), with
+        the trained heads; NaN rows for the other faces."""
+        n = len(laplacian)
+        points = np.concatenate([c.points for c in chunks])
+        nan = {
+            "descriptors": np.full((n, self.profile.dim), np.nan, np.float32),
+            "age_probs": np.full((n, 101), np.nan, np.float32),
+            "male_probs": np.full(n, np.nan, np.float32),
+            "attributes": np.full((n, len(self.attribute_names)), np.nan, np.float32),
+            "expression": np.full((n, len(self.expression_names)), np.nan, np.float32),
+        }
+        if len(wanted):
+            dlib = np.concatenate([c.embedding_chips for c in chunks])[wanted]
+            arcface = np.concatenate([c.arcface_chips for c in chunks])[wanted]  # type: ignore[misc]
+            empty = np.zeros((len(wanted), 0, 0, 3), np.uint8)
+            parts = self._chunks(list(range(len(wanted))))
+            pending = [self._runtime.submit(self._infer_and_embed, _Aligned(
+                dlib[part], empty[part], empty[part], points[wanted][part], arcface[part])) for part in parts]
+            results = [p.result() for p in pending]
+            for name in nan:
+                nan[name][wanted] = np.concatenate([getattr(r, name) for r in results])
+        return _ChunkResult(nan["descriptors"], nan["age_probs"], nan["male_probs"], laplacian, points,
+                            np.zeros((n, 0), np.float32), nan["attributes"], nan["expression"])
 
     def _chunks(self, items: list[T]) -> list[list[T]]:
         """Items split for the runtime's workers (at most ``CHUNK_FACES`` each)."""

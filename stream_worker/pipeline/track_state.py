@@ -13,6 +13,7 @@ reaches ``switch_ratio`` times the current one's, and the change is an event.
 from __future__ import annotations
 
 import copy
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -154,14 +155,15 @@ class TrackState:
         self.last_analysed_frame = frame_index
         self.sharpness = sharpness
         weight = max(quality, 1e-3)
-        self._ages.append((age, weight))
-        while len(self._ages) > self.config.age_window:
-            self._ages.popleft()
-        self._male_weighted += male * weight
-        self._weight += weight
-        for mine, probabilities in ((self._attributes, attributes), (self._expression, expression)):
-            for name, p in (probabilities or {}).items():
-                mine[name] = mine.get(name, 0.0) + p * weight
+        if not math.isnan(age):  # NaN: the face was not analysed by the heads (it could not improve the best shot)
+            self._ages.append((age, weight))
+            while len(self._ages) > self.config.age_window:
+                self._ages.popleft()
+            self._male_weighted += male * weight
+            self._weight += weight
+            for mine, probabilities in ((self._attributes, attributes), (self._expression, expression)):
+                for name, p in (probabilities or {}).items():
+                    mine[name] = mine.get(name, 0.0) + p * weight
         if embedding is not None and (self.best is None or quality > self.best.quality):
             if self.best is not None:
                 self._keep_shot(self.best.quality, self.best.embedding)

@@ -102,9 +102,12 @@ def test_verification_on_the_labelled_pairs_at_the_shipped_threshold(
     assert not any(v.same for v, same in results if not same)
 
 
-def test_embedding_only_the_faces_asked_for(detected, nets: dict[Recognizer, MultiTaskNet]) -> None:  # type: ignore[no-untyped-def]
+def test_embedding_only_the_faces_asked_for(  # type: ignore[no-untyped-def]
+        detected, nets: dict[Recognizer, MultiTaskNet], runtime: EngineRuntime, model_store: ModelStore) -> None:
     """``embed_if`` skips the recognizer for some faces: their embeddings are NaN, the others
-    and every other attribute are exactly what a full analysis gives."""
+    are exactly what a full analysis gives. With the trained heads (one SFace call for both),
+    age, gender, attributes and expression are skipped with the embedding; with the Cydral
+    nets they are computed for every face."""
     image, faces = detected("dlib/examples/faces/2008_002470.jpg")
     assert len(faces) >= 4
     net = nets[Recognizer.SFACE]
@@ -120,4 +123,11 @@ def test_embedding_only_the_faces_asked_for(detected, nets: dict[Recognizer, Mul
     assert np.allclose([a[2] for a in asked], full.qualities)
     assert np.isnan(part.embeddings[1::2]).all()
     assert np.allclose(part.embeddings[::2], full.embeddings[::2], atol=1e-6)
-    assert np.allclose(part.ages, full.ages) and np.allclose(part.qualities, full.qualities)
+    assert np.allclose(part.qualities, full.qualities) and np.allclose(part.poses, full.poses)
+    for name in ("ages", "age_stds", "male_probs", "attribute_probs", "expression_probs"):
+        got, want = getattr(part, name), getattr(full, name)
+        assert np.isnan(got[1::2]).all() and np.allclose(got[::2], want[::2], atol=1e-5), name
+    cydral = MultiTaskNet.create(runtime=runtime, store=model_store, heads="cydral")
+    full, part = cydral.analyze([image], [faces])[0], cydral.analyze([image], [faces], embed_if=every_other)[0]
+    assert np.isnan(part.embeddings[1::2]).all() and np.allclose(part.ages, full.ages)
+    assert np.allclose(part.male_probs, full.male_probs) and part.attribute_probs.shape == (len(faces), 0)
