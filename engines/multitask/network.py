@@ -5,8 +5,8 @@ The identity embedding comes from the configured recognizer
 (:mod:`engines.multitask.recognizers`): dlib's ResNet on a 150 px dlib chip, SFace on a
 112 px ArcFace chip aligned by the detector's 5 landmarks, or both fused into one vector.
 Age, gender, facial attributes and expression come by default from the trained task heads
-(:mod:`engines.multitask.heads`), which read the embedding and the pooled trunk feature of
-the same SFace call: one backbone per face. With ``heads="cydral"`` they come instead from
+(:mod:`engines.multitask.heads`), which read the pooled trunk feature of the same SFace call
+that gives the embedding: one backbone per face. With ``heads="cydral"`` they come instead from
 the Cydral age net (64 px) and gender net (32 px), which share dlib's 5-point alignment and
 input normalisation with the dlib ResNet (no attributes or expression). Those stay
 separate ONNX graphs rather than one fused graph: the age head is sensitive to how its
@@ -225,7 +225,7 @@ class MultiTaskNet:
         else:
             assert embed_if is not None
             wanted = [i for i, (face, q) in enumerate(zip(faces, quality)) if embed_if(face.image, face.row, float(q))]
-            descriptors = self._embed_selected(chunks, np.array(wanted, np.int64), len(faces), merged.sface)
+            descriptors = self._embed_selected(chunks, np.array(wanted, np.int64), len(faces))
         return self._decode(detections, merged, descriptors, poses, quality)
 
     def _infer_selected(self, chunks: list[_Aligned], wanted: np.ndarray, laplacian: np.ndarray) -> _ChunkResult:
@@ -259,18 +259,16 @@ class MultiTaskNet:
         size = min(self.CHUNK_FACES, -(-len(items) // workers)) if workers > 1 else len(items)
         return [items[start : start + size] for start in range(0, len(items), max(size, 1))]
 
-    def _embed_selected(self, chunks: list[_Aligned], wanted: np.ndarray, count: int, sface_raw: np.ndarray
-                        ) -> np.ndarray:
-        """Raw embeddings of the faces ``wanted`` (indices over all chunks); NaN rows elsewhere.
-        SFace's raw embeddings, when the trained heads already computed them, are reused."""
+    def _embed_selected(self, chunks: list[_Aligned], wanted: np.ndarray, count: int) -> np.ndarray:
+        """Raw embeddings of the faces ``wanted`` (indices over all chunks); NaN rows elsewhere
+        (the Cydral path; with the trained heads, :meth:`_infer_selected` does this)."""
         out = np.full((count, self.profile.dim), np.nan, np.float32)
         if not len(wanted):
             return out
         dlib = np.concatenate([c.embedding_chips for c in chunks])[wanted] if self._embedding is not None else None
         sface = None
         if self._recognizer_sface:
-            sface = (sface_raw[wanted] if sface_raw.shape[1] else
-                     np.concatenate([c.arcface_chips for c in chunks])[wanted])  # type: ignore[misc]
+            sface = np.concatenate([c.arcface_chips for c in chunks])[wanted]  # type: ignore[misc]
         pending = [
             self._runtime.submit(self._embed, (None if dlib is None else dlib[part], None if sface is None else sface[part]))
             for part in self._chunks(list(range(len(wanted))))
