@@ -5,7 +5,8 @@ chip from its 5 landmarks, the recognizer's ONNX graph), keeping the raw embeddi
 pooled trunk ``feature`` (see :mod:`engines.convert.sface`). Images smaller than the chip
 (FER2013's 48 px faces) are first enlarged to it, as a camera frame's small faces are by
 the chip warp. Images with no face found are kept with ``found`` false (training skips
-them, the report counts them).
+them, the report counts them); an unreadable or missing image is logged, kept with
+``unreadable`` true, and does not stop the run.
 
 The cache is a folder of shards (``shard-00000.npz``, numpy arrays only: no pickle), each
 written once; an interrupted run resumes at the first missing shard. ``cache.json`` names
@@ -45,6 +46,8 @@ class FeatureCache:
     """(N, F) float16 pooled trunk activations; 0 where no face was found."""
     found: np.ndarray
     trunk: str
+    unreadable: np.ndarray | None = None
+    """Images that could not be read (None for a cache written before this was recorded)."""
 
 
 def _trunk_outputs(paths: list[str], root: str, store_home: str | None = None) -> dict[str, np.ndarray]:
@@ -61,6 +64,7 @@ def _trunk_outputs(paths: list[str], root: str, store_home: str | None = None) -
     emb = np.full((n, SFACE.outputs[0].shape[1]), np.nan, np.float32)
     feat = np.zeros((n, SFACE_FEATURE_DIM), np.float16)
     found = np.zeros(n, bool)
+    unreadable = np.zeros(n, bool)
     with EngineRuntime(RuntimeConfig(workers=1)) as runtime:
         store = ModelStore(Path(store_home)) if store_home else ModelStore()
         detector = MTCNNDetector.create(runtime=runtime, store=store)
@@ -68,7 +72,12 @@ def _trunk_outputs(paths: list[str], root: str, store_home: str | None = None) -
         sface = runtime.load(bundle.path(bundle.spec(SFACE)), name=SFACE.name)
         chips, rows = [], []
         for i, rel in enumerate(paths):
-            image = read_image_file(Path(root) / rel)
+            try:
+                image = read_image_file(Path(root) / rel)
+            except (FaceStreamError, OSError) as exc:
+                log.warning("skipping %s: %s", rel, exc)
+                unreadable[i] = True
+                continue
             side = min(image.shape[:2])
             if side < SFACE.chip.size:
                 factor = math.ceil(SFACE.chip.size / side)
@@ -87,7 +96,7 @@ def _trunk_outputs(paths: list[str], root: str, store_home: str | None = None) -
                 emb[idx] = out[SFACE.outputs[0].name]
                 feat[idx] = out[SFACE_FEATURE].astype(np.float16)
             found[rows] = True
-    return {"embedding": emb, "feature": feat, "found": found}
+    return {"embedding": emb, "feature": feat, "found": found, "unreadable": unreadable}
 
 
 def extract(data: LabelledSet, cache: Path, *, processes: int = 2, store_home: Path | None = None,
@@ -146,9 +155,11 @@ def read(data: LabelledSet, cache: Path) -> FeatureCache:
         if not file.exists():
             raise FaceStreamError(f"{cache} is incomplete ({file.name} missing): run `facestream train features` again")
         with np.load(file, allow_pickle=False) as z:
-            parts.append({name: z[name] for name in ("embedding", "feature", "found")})
-    return FeatureCache(*(np.concatenate([p[name] for p in parts]) for name in ("embedding", "feature", "found")),
-                        trunk=info["trunk"])
+            part = {name: z[name] for name in ("embedding", "feature", "found")}
+            part["unreadable"] = z["unreadable"] if "unreadable" in z.files else np.zeros(len(part["found"]), bool)
+            parts.append(part)
+    columns = {name: np.concatenate([p[name] for p in parts]) for name in ("embedding", "feature", "found", "unreadable")}
+    return FeatureCache(columns["embedding"], columns["feature"], columns["found"], info["trunk"], columns["unreadable"])
 
 
 def _paths_digest(paths: tuple[str, ...]) -> str:

@@ -98,7 +98,9 @@ def run_features(args: argparse.Namespace, config: FaceStreamConfig) -> int:
 
         cache = extract(data, args.cache, processes=args.processes, store_home=store.home, progress=progress)
     found = int(cache.found.sum())
-    print(json.dumps({"images": len(data), "faces_found": found, "cache": str(args.cache), "trunk": cache.trunk}))
+    unreadable = int(cache.unreadable.sum()) if cache.unreadable is not None else 0
+    print(json.dumps({"images": len(data), "faces_found": found, "unreadable": unreadable, "cache": str(args.cache),
+                      "trunk": cache.trunk}))
     return 0
 
 
@@ -136,7 +138,10 @@ def run_heads(args: argparse.Namespace, config: FaceStreamConfig) -> int:
         print(f"epoch {row['epoch']}/{head_config.epochs}: val score {row['val_score']:.4f}; loss {losses}; "
               f"weights {weights} ({row['seconds']} s)", file=sys.stderr, flush=True)
 
-    result = train_heads(data, cache, head_config, on_epoch=on_epoch)
+    try:
+        result = train_heads(data, cache, head_config, on_epoch=on_epoch)
+    except ValueError as exc:  # e.g. a set without `val` rows
+        raise ConfigError(f"cannot train on {args.data}: {exc}") from None
     report: dict[str, Any] = {"config": head_config.to_dict(), "best_epoch": result.best_epoch,
                               "history": result.history, "trunk": cache.trunk,
                               "faces": {"images": len(data), "found": int(cache.found.sum())}}

@@ -51,6 +51,7 @@ def test_train_features_then_heads(small_set: Path, model_store: ModelStore, tmp
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["images"] == 64 and report["faces_found"] >= 56 and report["trunk"] == "sface-v2"
+    assert report["unreadable"] == 0
     again = run(["train", "features", "--data", str(small_set), "--cache", str(cache)], model_store.home)
     assert again.returncode == 0 and json.loads(again.stdout) == report  # complete: nothing recomputed
 
@@ -92,6 +93,22 @@ def test_train_features_then_heads(small_set: Path, model_store: ModelStore, tmp
         result = net.analyze([image], [faces])[0]
     assert net.attribute_names == tuple(manifest["shipped_attributes"])
     assert result.attribute_probs.shape == (len(faces), len(manifest["shipped_attributes"]))
+
+
+def test_an_unreadable_image_is_counted_and_the_run_goes_on(tmp_path: Path, model_store: ModelStore) -> None:
+    (tmp_path / "utkface").mkdir()
+    (tmp_path / "utkface" / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "utkface" / "good.jpg").symlink_to(
+        TRAIN_DATA / "utkface" / "data" / "100_0_0_20170112213500903.jpg.chip.jpg")
+    (tmp_path / "labels_utkface.csv").write_text("path,split,age,gender,race\n"
+                                                 "utkface/broken.jpg,train,30,male,white\n"
+                                                 "utkface/missing.jpg,train,30,male,white\n"
+                                                 "utkface/good.jpg,val,100,male,white\n")
+    done = run(["train", "features", "--data", str(tmp_path), "--cache", str(tmp_path / "c"), "--sets", "utkface",
+                "--processes", "1"], model_store.home)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["images"] == 3 and report["unreadable"] == 2 and report["faces_found"] == 1
 
 
 def test_train_refuses_bad_input(tmp_path: Path, model_store: ModelStore) -> None:
