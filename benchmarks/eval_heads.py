@@ -76,9 +76,9 @@ def cydral(data: Any, rows: np.ndarray, file: Path, processes: int) -> dict[str,
 
 
 def ci(values: np.ndarray, stat=np.mean, rounds: int = 1000, seed: int = 0) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    boot = [stat(values[rng.integers(0, len(values), len(values))]) for _ in range(rounds)]
-    lo, hi = np.percentile(boot, [2.5, 97.5])
+    from engines.training.train import bootstrap
+
+    lo, hi = bootstrap(lambda i: float(stat(values[i])), len(values), rounds=rounds, seed=seed)
     return {"value": round(float(stat(values)), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)]}
 
 
@@ -88,8 +88,9 @@ def fmt(entry: dict[str, Any]) -> str:
 
 
 def versus_cydral(data, cache, model, processes: int, cydral_file: Path) -> dict[str, Any]:
+    from engines.multitask.heads import decode_age_years as age_summary
     from engines.training.data import SETS
-    from engines.training.train import DECADES, age_summary, predict, split_rows, trunk_inputs
+    from engines.training.train import DECADES, predict, split_rows, trunk_inputs
 
     trunk = trunk_inputs(cache)
     out: dict[str, Any] = {}
@@ -129,8 +130,9 @@ def versus_cydral(data, cache, model, processes: int, cydral_file: Path) -> dict
 
 def val_figures(data, cache, model) -> dict[str, Any]:
     """The validation figures each ablation is judged by, with intervals."""
+    from engines.multitask.heads import decode_age_years as age_summary
     from engines.training.data import ATTRIBUTES, SETS
-    from engines.training.train import age_summary, balanced_accuracy, predict, split_rows, trunk_inputs
+    from engines.training.train import balanced_accuracy, predict, split_rows, trunk_inputs
 
     trunk = trunk_inputs(cache)
     utk = split_rows(data, cache, "val", source=SETS.index("utkface"))

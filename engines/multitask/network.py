@@ -37,7 +37,7 @@ from engines.multitask.attributes import (
     quality_score,
     sharpness,
 )
-from engines.multitask.heads import TaskHeads, decode_age_years
+from engines.multitask.heads import AGE_YEARS, TaskHeads, decode_age_years
 from engines.multitask.recognizers import RecognizerProfile, fuse, profile
 from engines.runtime.backend import BackendInfo, InferenceBackend
 from engines.runtime.engine import EngineRuntime
@@ -235,7 +235,7 @@ class MultiTaskNet:
         points = np.concatenate([c.points for c in chunks])
         nan = {
             "descriptors": np.full((n, self.profile.dim), np.nan, np.float32),
-            "age_probs": np.full((n, 101), np.nan, np.float32),
+            "age_probs": np.full((n, len(AGE_YEARS)), np.nan, np.float32),
             "male_probs": np.full(n, np.nan, np.float32),
             "attributes": np.full((n, len(self.attribute_names)), np.nan, np.float32),
             "expression": np.full((n, len(self.expression_names)), np.nan, np.float32),

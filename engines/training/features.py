@@ -15,6 +15,7 @@ the set's label digest and the trunk, so a cache is never mixed across sets or t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,14 @@ class FeatureCache:
     trunk: str
     unreadable: np.ndarray | None = None
     """Images that could not be read (None for a cache written before this was recorded)."""
+
+    @cached_property
+    def trunk_inputs(self) -> np.ndarray:
+        """``[unit embedding, feature]`` per image, float32 (zeros where no face was found);
+        computed once per cache (the heads' input)."""
+        emb = np.nan_to_num(self.embedding.astype(np.float32))
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return np.concatenate([emb, self.feature.astype(np.float32)], axis=1)
 
 
 def _trunk_outputs(paths: list[str], root: str, store_home: str | None = None) -> dict[str, np.ndarray]:
@@ -163,6 +173,4 @@ def read(data: LabelledSet, cache: Path) -> FeatureCache:
 
 
 def _paths_digest(paths: tuple[str, ...]) -> str:
-    import hashlib
-
     return hashlib.sha256("\n".join(paths).encode()).hexdigest()

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from engines.multitask.heads import decode_age_years
 from engines.training.data import ATTRIBUTES, EXPRESSIONS, SETS, SPLITS, LabelledSet
 from engines.training.features import FeatureCache
-from engines.training.model import AGE_BINS, TASKS, HeadConfig, HeadNet, masked_losses
+from engines.training.model import TASKS, HeadConfig, HeadNet, masked_losses
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,8 @@ DECADES = tuple((lo, lo + 9) for lo in range(0, 100, 10))
 
 
 def trunk_inputs(cache: FeatureCache) -> np.ndarray:
-    """``[unit embedding, feature]`` per image (float32; zeros where no face was found)."""
-    emb = np.nan_to_num(cache.embedding.astype(np.float32))
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    return np.concatenate([emb, cache.feature.astype(np.float32)], axis=1)
+    """``[unit embedding, feature]`` per image (:attr:`FeatureCache.trunk_inputs`, computed once)."""
+    return cache.trunk_inputs
 
 
 def _labels(data: LabelledSet, rows: np.ndarray) -> dict[str, torch.Tensor]:
@@ -81,13 +80,6 @@ def bootstrap(stat: Callable[[np.ndarray], float], n: int, *, rounds: int = 1000
     return float(lo), float(hi)
 
 
-def age_summary(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Expected age and spread (years) of age distributions over 0..100."""
-    bins = np.arange(AGE_BINS, dtype=np.float64)
-    mean = probabilities @ bins
-    return mean, np.sqrt(np.maximum(probabilities @ bins**2 - mean**2, 0))
-
-
 def evaluate(data: LabelledSet, rows: np.ndarray, pred: dict[str, np.ndarray], *, intervals: bool = False
              ) -> dict[str, object]:
     """Accuracy figures for the labelled tasks among ``rows`` (``pred`` row-aligned with them)."""
@@ -105,7 +97,7 @@ def evaluate(data: LabelledSet, rows: np.ndarray, pred: dict[str, np.ndarray], *
     age = data.age[rows]
     has = ~np.isnan(age)
     if has.any():
-        err = np.abs(age_summary(pred["age"][has])[0] - age[has])
+        err = np.abs(decode_age_years(pred["age"][has])[0] - age[has])
         out["age_mae"] = ci(lambda i: float(err[i].mean()), len(err))
         out["age_mae_by_decade"] = {f"{lo}-{hi}": {"faces": int(m.sum()), "mae": float(err[m].mean())}
                                     for lo, hi in DECADES if (m := (age[has] >= lo) & (age[has] <= hi + 0.99)).any()}
