@@ -13,6 +13,7 @@ from engines.config import RuntimeConfig
 from engines.errors import BackendError, ProviderMismatchError
 from engines.runtime.backend import BackendInfo
 from engines.runtime.device import CPU_PROVIDER, CUDA_PROVIDER, Device, DevicePlan
+from engines.runtime.heap import trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ class OrtBackend:
             threads=threads,
         )
         self._run_options = ort.RunOptions()
-        if runtime.release_memory:
+        self._release_memory = bool(runtime.release_memory)
+        if self._release_memory:
             self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
@@ -69,4 +71,9 @@ class OrtBackend:
         except Exception as exc:
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
             raise BackendError(f"{self.info.model} failed on inputs {shapes}: {exc}") from exc
+        finally:
+            if self._release_memory:
+                # The arena gives its chunks back to malloc; without a trim glibc may keep
+                # them resident (250 MB of 800 after a 3000x2000 photo, in some runs).
+                trim_heap()
         return dict(zip(names, values))
