@@ -15,8 +15,10 @@ Figures carry 95% bootstrap intervals (1,000 resamples of the evaluated faces or
 3. Age-invariant identity (identity/age split with an adversarial age head): verification
    on CelebA ``test`` pairs (true-match rate at FMR 1e-3) and an age probe (ridge
    regression trained on UTKFace ``train``, MAE on ``val``) before and after.
-4. Intra-representation: the raw embedding, mean-centred, and MIR's learned common
-   component, by true-match rate at FMR 1e-3 on CelebA ``test`` pairs.
+4. Intra-representation: the raw embedding, mean-centred (on CelebA ``train``'s mean, and
+   on the shipped centre: UTKFace and CelebA ``train``), and MIR's learned common
+   component, by true-match rate at FMR 1e-3 on CelebA ``test`` (and ``val``) pairs; then
+   the split of 3. on top of the shipped centred space.
 
 Run by hand: ``python benchmarks/eval_heads.py --cache DIR [--json out.json]``.
 """
@@ -197,6 +199,8 @@ def single_dataset(data, cache) -> dict[str, Any]:
 def identity_methods(data, cache) -> dict[str, Any]:
     import torch
 
+    from engines.multitask.centre import shipped_centre
+    from engines.multitask.recognizers import SFACE_CENTRE_SHA256
     from engines.training.data import SETS, SPLITS
     from engines.training.identity import (
         IdentityConfig,
@@ -212,10 +216,10 @@ def identity_methods(data, cache) -> dict[str, Any]:
     found = cache.found
     celeba, utk = data.source == SETS.index("celeba"), data.source == SETS.index("utkface")
     split = lambda name: data.split == SPLITS.index(name)  # noqa: E731
-    test = found & celeba & split("test")
 
-    def tmr(vectors: np.ndarray) -> dict[str, Any]:
-        genuine, impostor = pair_scores(vectors[test], data.identity[test])
+    def tmr(vectors: np.ndarray, on: str = "test") -> dict[str, Any]:
+        rows = found & celeba & split(on)
+        genuine, impostor = pair_scores(vectors[rows], data.identity[rows])
         rate, threshold = true_match_rate(genuine, impostor, 1e-3)
         boot = ci((genuine > threshold).astype(float))
         return {**boot, "value": round(rate, 4), "threshold": round(threshold, 4), "genuine_pairs": len(genuine)}
@@ -238,7 +242,17 @@ def identity_methods(data, cache) -> dict[str, Any]:
         ident = ident.numpy()
         out[f"split adversary={adversary}"] = {"tmr_fmr_1e-3": tmr(ident), "age_probe_mae": age_probe(ident)}
     people = found & celeba & split("train")
-    out["mean-centred"] = {"tmr_fmr_1e-3": tmr(centre(emb, emb[people].mean(0)))}
+    out["mean-centred, CelebA train mean"] = {"tmr_fmr_1e-3": tmr(centre(emb, emb[people].mean(0)))}
+    centred = centre(emb, shipped_centre(SFACE_CENTRE_SHA256))
+    out["mean-centred (shipped: UTKFace + CelebA train mean)"] = {
+        "tmr_fmr_1e-3": tmr(centred), "tmr_val": tmr(centred, "val"), "raw_tmr_val": tmr(emb, "val"),
+        "age_probe_mae": age_probe(centred)}
+    for adversary in (0.0, 1.0):  # method 4 on top of the shipped space
+        model = train_split(centred[train], ident_labels, ages, IdentityConfig(adversary=adversary))
+        with torch.no_grad():
+            ident = model(torch.from_numpy(centred))[0].numpy()
+        out[f"centred, then split adversary={adversary}"] = {"tmr_fmr_1e-3": tmr(ident), "tmr_val": tmr(ident, "val"),
+                                                             "age_probe_mae": age_probe(ident)}
     common = train_common(emb[people], data.identity[people])
     with torch.no_grad():
         character = common.character(torch.from_numpy(emb)).numpy()

@@ -65,12 +65,20 @@ def _embed_chunk(paths: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
+def spaces() -> np.ndarray:
+    """The embedding-space ids of the cached models (a cache of other spaces is recomputed)."""
+    from engines.config import Recognizer
+    from engines.multitask.recognizers import profile
+
+    return np.array([profile(Recognizer.DLIB).model_id, profile(Recognizer.SFACE).model_id])
+
+
 def embed(paths: list[Path], cache: Path, name: str, processes: int, fresh: bool) -> dict[str, np.ndarray]:
     file = cache / f"{name}.npz"
     keys = np.array([str(p) for p in paths])
     if file.exists() and not fresh:
         stored = np.load(file, allow_pickle=False)
-        if np.array_equal(stored["paths"], keys):
+        if np.array_equal(stored["paths"], keys) and np.array_equal(stored.get("spaces"), spaces()):
             return {m: stored[m] for m in MODELS}
     started = time.monotonic()
     chunks = [list(map(str, paths[i::processes * 8])) for i in range(processes * 8)]
@@ -82,7 +90,7 @@ def embed(paths: list[Path], cache: Path, name: str, processes: int, fresh: bool
             print(f"  {name}: {min(len(paths), (k + 1) * len(paths) // len(chunks))}/{len(paths)} photos "
                   f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(file, paths=keys, **result)
+    np.savez(file, paths=keys, spaces=spaces(), **result)
     return result
 
 

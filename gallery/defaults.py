@@ -5,7 +5,7 @@ calibrate --labels``): the empirical impostor quantile at a false-match rate (FM
 on the CelebA ``test`` split of ``../shared/data/face_train`` (1,750 photos of 350 people:
 3,492 same-person and 1,523,386 different-person pairs with a face found; research
 licence, used to measure only). Each photo's largest face went through the full pipeline
-(MTCNN, the recognizer's alignment and network). Galleries calibrated on the operator's
+(MTCNN, the recognizer's alignment and network; SFace's space centred, ``engines.multitask.centre``). Galleries calibrated on the operator's
 own data store their own threshold, which takes precedence.
 """
 
@@ -23,12 +23,12 @@ DEFAULT_CALIBRATIONS: dict[str, Calibration] = {
         impostor_mean=0.8318, impostor_std=0.0382, genuine_mean=0.9472, **_PAIRS,  # type: ignore[arg-type]
     ),
     profile(Recognizer.SFACE).model_id: Calibration(
-        threshold=0.3926, fmr=1e-3, fnmr=0.0828,
-        impostor_mean=0.1099, impostor_std=0.0907, genuine_mean=0.6051, **_PAIRS,  # type: ignore[arg-type]
+        threshold=0.3141, fmr=1e-3, fnmr=0.0725,
+        impostor_mean=0.0119, impostor_std=0.0947, genuine_mean=0.5625, **_PAIRS,  # type: ignore[arg-type]
     ),
     profile(Recognizer.FUSED).model_id: Calibration(
-        threshold=0.7532, fmr=1e-3, fnmr=0.0719,
-        impostor_mean=0.6152, impostor_std=0.0440, genuine_mean=0.8445, **_PAIRS,  # type: ignore[arg-type]
+        threshold=0.7353, fmr=1e-3, fnmr=0.0647,
+        impostor_mean=0.5935, impostor_std=0.0447, genuine_mean=0.8354, **_PAIRS,  # type: ignore[arg-type]
     ),
 }
 
@@ -36,8 +36,8 @@ DEFAULT_CALIBRATIONS: dict[str, Calibration] = {
 LINK_FMR = 1e-5
 LINK_THRESHOLDS: dict[str, float] = {
     profile(Recognizer.DLIB).model_id: 0.9568,
-    profile(Recognizer.SFACE).model_id: 0.4959,
-    profile(Recognizer.FUSED).model_id: 0.7973,
+    profile(Recognizer.SFACE).model_id: 0.4251,
+    profile(Recognizer.FUSED).model_id: 0.7835,
 }
 """The score at which two unidentified sightings are linked under one pseudonym: the
 empirical impostor quantile at FMR 1e-5 per comparison on the same CelebA ``test`` pairs

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from engines.config import DEFAULT_RECOGNIZER
-from engines.multitask.recognizers import profile, profile_for_model
+from engines.multitask.recognizers import RETIRED_SPACES, profile, profile_for_model, upgrade_space
 from gallery import validation as valid
 from gallery.chips import FaceChip
 from gallery.defaults import DEFAULT_CALIBRATIONS
@@ -306,7 +306,30 @@ class Gallery:
                                         quality=[stored.quality], refuse_near_duplicates=False))
             if progress is not None:
                 progress(done, len(chips))
-        return {"chips": len(chips), "added": added, "already_present": present}
+        return {"chips": len(chips), "added": added, "already_present": present, "converted": self._convert_retired()}
+
+    def _convert_retired(self) -> int:
+        """Templates of a retired space that maps exactly into this model's (SFace's raw space
+        before centring; :func:`engines.multitask.recognizers.upgrade_space`), converted where
+        no chip gave this model a template of the same photo: identities enrolled from vectors
+        keep their templates. Idempotent."""
+        sources = [old for old, (target, _) in RETIRED_SPACES.items() if target == self.model]
+        current: dict[str, list[np.ndarray]] = {}
+        for t in self.store.iter_templates():
+            if t.model == self.model:
+                current.setdefault(t.identity_id, []).append(t.embedding)
+        converted = 0
+        for t in list(self.store.iter_templates()):
+            if t.model not in sources or (t.image_sha256 and self.store.find_image(self.model, t.image_sha256)):
+                continue
+            _, vector = upgrade_space(t.model, unit(t.embedding[None], RETIRED_SPACES[t.model][1]))
+            if any(float(vector[0] @ v) > 0.9999 for v in current.get(t.identity_id, [])):
+                continue  # converted by an earlier run
+            self.enrol(t.identity_id, vector, image_sha256=[t.image_sha256], quality=[t.quality],
+                       refuse_near_duplicates=False)
+            current.setdefault(t.identity_id, []).append(vector[0])
+            converted += 1
+        return converted
 
     # --- search --------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import sqlite3
 import threading
@@ -43,6 +44,8 @@ import faiss
 import numpy as np
 
 from gallery.errors import GalleryError
+
+log = logging.getLogger(__name__)
 
 MAX_VECTORS = 5
 """The best shot's embedding and up to 4 others per sighting."""
@@ -80,11 +83,25 @@ _STORE_SCHEMA = (
 
 @cache
 def space_dims() -> dict[str, int]:
-    """Embedding-space id -> dimensions, of every recognizer FaceStream ships."""
+    """Embedding-space id -> dimensions, of every recognizer FaceStream ships and of the
+    retired spaces it upgrades exactly (:func:`engines.multitask.recognizers.upgrade_space`)."""
     from engines.config import Recognizer
     from engines.multitask.recognizers import profile
 
-    return {profile(r).model_id: profile(r).dim for r in Recognizer}
+    return {**{old: dim for old, (_, dim) in _retired_spaces().items()},
+            **{profile(r).model_id: profile(r).dim for r in Recognizer}}
+
+
+def _retired_spaces() -> dict[str, tuple[str, int]]:
+    from engines.multitask.recognizers import RETIRED_SPACES
+
+    return RETIRED_SPACES
+
+
+def _upgrade(space_id: str, vectors: np.ndarray) -> tuple[str, np.ndarray]:
+    from engines.multitask.recognizers import upgrade_space
+
+    return upgrade_space(space_id, vectors)
 
 
 class SightingsError(GalleryError):
@@ -145,7 +162,9 @@ class Sighting:
         if v.shape[1] != dim or (norms < 1e-6).any():
             raise SightingsError(f"sighting {self.sighting_id}: {self.space_id} embeddings have {dim} dimensions and "
                                  f"are not zero; got {v.shape[1]}")
-        object.__setattr__(self, "vectors", v / norms)
+        space, v = _upgrade(self.space_id, v / norms)  # a track of a retired space, e.g. still in flight
+        object.__setattr__(self, "space_id", space)
+        object.__setattr__(self, "vectors", v)
 
     @property
     def day(self) -> date:
@@ -243,7 +262,35 @@ class _Partition:
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(sightings)")}
         if "traits" not in columns:  # a partition written before the trained heads
             self._db.execute("ALTER TABLE sightings ADD COLUMN traits TEXT")
+        self._upgrade_spaces()
         self._index: dict[str, tuple[faiss.IndexFlatIP, np.ndarray]] = {}
+
+    def _upgrade_spaces(self) -> None:
+        """Vectors of a retired embedding space (written before SFace's space was centred)
+        mapped exactly into the space that replaced it, in one transaction."""
+        retired = [space for (space,) in self._db.execute("SELECT DISTINCT space_id FROM sightings")
+                   if space in _retired_spaces()]
+        if not retired:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for space in retired:
+                rows = self._db.execute(
+                    "SELECT v.sighting_id, v.rank, v.vector FROM vectors v JOIN sightings s ON s.id = v.sighting_id "
+                    "WHERE s.space_id = ?", (space,)).fetchall()
+                target = _retired_spaces()[space][0]
+                if rows:
+                    target, vectors = _upgrade(space, np.stack([np.frombuffer(b, np.float32) for _, _, b in rows]))
+                    self._db.executemany("UPDATE vectors SET vector = ? WHERE sighting_id = ? AND rank = ?",
+                                         [(v.astype(np.float32).tobytes(), sid, rank)
+                                          for (sid, rank, _), v in zip(rows, vectors, strict=True)])
+                self._db.execute("UPDATE sightings SET space_id = ? WHERE space_id = ?", (target, space))
+                log.info("%s: %d vectors of the retired space %s moved exactly into %s", self.path, len(rows), space,
+                         target)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()

@@ -118,12 +118,12 @@ class TrackerConfig(ConfigModel):
     """After a miss, a face this many box sides from the prediction may rejoin by appearance."""
     min_cosine: Float | None = Field(None, ge=-1, le=1)
     """Below this embedding similarity a face never joins a track, however it overlaps. None:
-    the score 1% of different people reach with the recognizer (dlib 0.911, SFace 0.323; with
+    the score 1% of different people reach with the recognizer (dlib 0.911, SFace 0.237; with
     dlib on the shared clip, 99% of correct matches score >= 0.93 against their track, the
     wrong ones seen at scene cuts 0.86-0.91). A split track is better than a wrong name."""
     reacquire_cosine: Float | None = Field(None, ge=-1, le=1)
     """Similarity needed to rejoin a track by appearance when the boxes do not overlap. None:
-    the score 0.1% of different people reach with the recognizer (dlib 0.928, SFace 0.393)."""
+    the score 0.1% of different people reach with the recognizer (dlib 0.928, SFace 0.315)."""
     max_size_ratio: Float = Field(1.6, ge=1)
     """A face whose size differs from the track's prediction by more than this factor is
     another face (a cut to a close-up, someone in front)."""

@@ -38,7 +38,7 @@ from engines.multitask.attributes import (
     sharpness,
 )
 from engines.multitask.heads import AGE_YEARS, TaskHeads, decode_age_years
-from engines.multitask.recognizers import RecognizerProfile, fuse, profile
+from engines.multitask.recognizers import RecognizerProfile, fuse, profile, sface_identity
 from engines.runtime.backend import BackendInfo, InferenceBackend
 from engines.runtime.engine import EngineRuntime
 from engines.store.catalog import (
@@ -292,7 +292,7 @@ class MultiTaskNet:
         return _Aligned(*(np.stack(c) if c else empty for c in chips), points, np.stack(arcface) if arcface else None)
 
     def _embed(self, chips: tuple[np.ndarray | None, np.ndarray | None]) -> np.ndarray:
-        """Raw (not normalised) embeddings of the configured recognizer from (dlib chips,
+        """Embeddings of the configured recognizer (dlib's raw, not normalised; SFace's centred) from (dlib chips,
         ArcFace chips or SFace's raw embeddings already computed), each given when the
         recognizer uses it."""
         dlib_chips, arcface = chips
@@ -300,13 +300,13 @@ class MultiTaskNet:
         if self._embedding is not None and dlib_chips is not None:
             dlib = self._embedding.run({EMBEDDING.input_name: _normalise(dlib_chips, EMBEDDING)})["descriptor"]
         if self._recognizer_sface and arcface is not None:
-            sface = arcface if arcface.ndim == 2 else self._run_sface(arcface)[0]
+            sface = sface_identity(arcface if arcface.ndim == 2 else self._run_sface(arcface)[0])
         if dlib is None:
             return sface
         if sface is None:
             return dlib
-        unit = [v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for v in (dlib, sface)]
-        return fuse(*unit, self.profile.fusion_weight)
+        return fuse(dlib / np.maximum(np.linalg.norm(dlib, axis=1, keepdims=True), 1e-12), sface,
+                    self.profile.fusion_weight)
 
     def _run_sface(self, arcface_chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """SFace's raw embeddings and pooled trunk features of ArcFace chips."""

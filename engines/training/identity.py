@@ -177,3 +177,11 @@ def train_common(embeddings: np.ndarray, identity: np.ndarray, *, epochs: int = 
             optimiser.step()
     model.eval()
     return model
+
+
+def common_mean(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The mean unit embedding over ``rows`` (a boolean mask of faces found): the common
+    component :func:`centre` removes."""
+    if not rows.any():
+        raise ValueError("no faces to average")
+    return unit(embeddings[rows].astype(np.float64)).mean(axis=0).astype(np.float32)

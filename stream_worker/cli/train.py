@@ -1,9 +1,10 @@
-"""``facestream train features|heads``: retrain the task heads on labelled faces.
+"""``facestream train features|heads|centre``: retrain the task heads and the identity centre.
 
 ``features`` runs the recognizer's trunk once over a labelled set (MTCNN, alignment,
 SFace: the path the worker runs) into a resumable cache; ``heads`` trains the heads from
 it in minutes, evaluates them and writes a heads folder the worker loads with
-``models.heads_dir``. Needs PyTorch (``pip install 'facestream[convert]'``).
+``models.heads``; ``centre`` writes the mean identity embedding the SFace space subtracts
+(``engines/multitask/centre.py``). Needs PyTorch (``pip install 'facestream[convert]'``).
 """
 
 from __future__ import annotations
@@ -77,6 +78,23 @@ def add_parsers(commands: Any) -> None:
                        help="ship expression only if its test accuracy reaches this (default 0.55)")
     add_config_options(heads)
     heads.set_defaults(handler=run_heads)
+
+    centre = actions.add_parser(
+        "centre", help="write the identity embedding's common component (the mean unit embedding) from a cache",
+        description="The mean unit embedding of the faces found in the `train` split of --sets, as JSON: the file "
+        "FaceStream ships as engines/multitask/weights/sface-centre.json. A new centre is a new embedding space: "
+        "its sha256 goes into the space id, and the score statistics and thresholds must be measured again "
+        "(benchmarks/eval_recognizers.py).")
+    centre.add_argument("--data", type=Path, required=True, metavar="DIR")
+    centre.add_argument("--cache", type=Path, required=True, metavar="DIR")
+    centre.add_argument("--out", type=Path, required=True, metavar="FILE")
+    centre.add_argument("--sets", type=_sets, default=_sets(DEFAULT_SETS),
+                        help=f"the sets the cache was made from (default {DEFAULT_SETS})")
+    centre.add_argument("--average", type=_sets, default=_sets("utkface,celeba"),
+                        help="the sets whose train faces are averaged (default utkface,celeba: faces of every age "
+                        "and of five ethnicity groups; FER2013's grey 48-pixel crops are not like a camera's faces)")
+    add_config_options(centre)
+    centre.set_defaults(handler=run_centre)
 
 
 def _load(args: argparse.Namespace):
@@ -162,4 +180,28 @@ def run_heads(args: argparse.Namespace, config: FaceStreamConfig) -> int:
         summary[split] = {f"{name}.{k}": v["value"] for name, figures in report[split].items()
                           for k, v in figures.items() if isinstance(v, dict) and "value" in v}
     print(json.dumps(summary, indent=2, default=float))
+    return 0
+
+
+def run_centre(args: argparse.Namespace, config: FaceStreamConfig) -> int:
+    import numpy as np
+
+    from engines.multitask.centre import IdentityCentre
+    from engines.training.data import SETS, SPLITS
+    from engines.training.features import read
+    from engines.training.identity import common_mean
+
+    data = _load(args)
+    cache = read(data, args.cache)
+    averaged = np.isin(data.source, [SETS.index(s) for s in args.average])
+    rows = cache.found & averaged & (data.split == SPLITS.index("train"))
+    if not rows.any():
+        raise ConfigError(f"{args.data}: no face found in the train split of {', '.join(args.average)}")
+    mean = common_mean(np.nan_to_num(cache.embedding), rows)
+    centre = IdentityCentre(cache.trunk, tuple(float(v) for v in mean), int(rows.sum()), tuple(args.average),
+                            "train", data.digest())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(centre.to_json())
+    print(json.dumps({"out": str(args.out), "faces": centre.faces, "trunk": centre.trunk,
+                      "norm": round(float(np.linalg.norm(mean)), 4)}))
     return 0

@@ -12,7 +12,7 @@ import pytest
 from engines.config import Recognizer
 from engines.multitask.align import ARCFACE_TEMPLATE, arcface_chip, similarity_transform
 from engines.multitask.network import MultiTaskNet
-from engines.multitask.recognizers import PROFILES, fuse, profile, profile_for_model
+from engines.multitask.recognizers import PROFILES, fuse, profile, profile_for_model, sface_identity
 from engines.multitask.verification import verify
 from engines.runtime.engine import EngineRuntime
 from engines.store.catalog import SFACE, SFACE_BUNDLE
@@ -42,7 +42,8 @@ def test_sface_chip_and_embedding_match_opencvs_own_pipeline(
 ) -> None:
     """Oracle: OpenCV's FaceRecognizerSF (alignCrop + feature, on the converted graph without
     its second output, the pooled feature: OpenCV takes one output and cannot load the
-    published graph) gives the same chip (to rounding) and embedding."""
+    published graph) gives the same chip (to rounding) and embedding, which FaceStream then
+    centres (``sface_identity``)."""
     import onnx
 
     graph = onnx.load(str(model_store.bundle_dir(SFACE_BUNDLE) / SFACE.file))
@@ -60,7 +61,7 @@ def test_sface_chip_and_embedding_match_opencvs_own_pipeline(
             theirs = opencv.alignCrop(image, row)
             ours = cv2.cvtColor(arcface_chip(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), points), cv2.COLOR_RGB2BGR)
             assert np.abs(theirs.astype(int) - ours.astype(int)).max() <= 1
-            expected = opencv.feature(theirs)[0]
+            expected = sface_identity(opencv.feature(theirs))[0]
             embedding = nets[Recognizer.SFACE].analyze([image], [faces[[i]]])[0].embeddings[0]
             assert float(embedding @ expected / np.linalg.norm(expected)) > 0.9999
 

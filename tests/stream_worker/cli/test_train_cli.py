@@ -1,4 +1,4 @@
-"""``facestream train features`` and ``facestream train heads`` on a small slice of the shared
+"""``facestream train features``, ``heads`` and ``centre`` on a small slice of the shared
 training set (seconds), and the trained heads loaded by the multi-task network."""
 
 from __future__ import annotations
@@ -70,6 +70,24 @@ def test_train_features_then_heads(small_set: Path, model_store: ModelStore, tmp
     assert set(metrics["test"]) == {"celeba", "fer2013"} and "age_mae_by_decade" in metrics["val"]["utkface"]
     assert len(metrics["history"]) == 3 and set(metrics["history"][0]["task_weights"]) == {
         "gender", "age", "attributes", "expression"}
+
+    # the identity centre: the mean unit embedding of the train faces of the averaged sets
+    centre_file = tmp_path / "centre.json"
+    done = run(["train", "centre", "--data", str(small_set), "--cache", str(cache), "--out", str(centre_file)],
+               model_store.home)
+    assert done.returncode == 0, done.stderr
+    from engines.multitask.centre import IdentityCentre
+    from engines.training.data import SETS, SPLITS, load
+    from engines.training.features import read
+
+    centre = IdentityCentre.from_json(centre_file.read_text())
+    data = load(small_set)
+    features = read(data, cache)
+    rows = features.found & (data.split == SPLITS.index("train")) & (data.source != SETS.index("fer2013"))
+    unit = features.embedding[rows] / np.linalg.norm(features.embedding[rows], axis=1, keepdims=True)
+    assert centre.faces == int(rows.sum()) and centre.sets == ("utkface", "celeba") and centre.trunk == "sface-v2"
+    np.testing.assert_allclose(centre.vector, unit.mean(0), atol=1e-5)
+    assert json.loads(done.stdout)["faces"] == centre.faces
 
     # the same cache and options give the same weights (seeded)
     out2 = tmp_path / "heads2"
