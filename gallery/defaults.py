@@ -5,8 +5,9 @@ calibrate --labels``): the empirical impostor quantile at a false-match rate (FM
 on the CelebA ``test`` split of ``../shared/data/face_train`` (1,750 photos of 350 people:
 3,492 same-person and 1,523,386 different-person pairs with a face found; research
 licence, used to measure only). Each photo's largest face went through the full pipeline
-(MTCNN, the recognizer's alignment and network; SFace's space centred, ``engines.multitask.centre``). Galleries calibrated on the operator's
-own data store their own threshold, which takes precedence.
+(MTCNN, the recognizer's alignment and network; SFace's space centred,
+``engines.multitask.centre``). Galleries calibrated on the operator's own data store their
+own threshold, which takes precedence.
 """
 
 from __future__ import annotations

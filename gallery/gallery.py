@@ -120,6 +120,17 @@ class Gallery:
         self._index_path = self.path.with_name(f"{self.path.name}.{model.replace('/', '_').replace('@', '-')}.faiss")
         self._saved_generation = -1
         self._load_index()
+        self._warn_retired()
+
+    def _warn_retired(self) -> None:
+        """A gallery written before SFace's space was centred is not searched until moved."""
+        counts = self.store.template_counts()
+        space = profile_for_model(self.model)
+        for old, (target, _) in RETIRED_SPACES.items():
+            if space is not None and target == self.model and counts.get(old) and not counts.get(self.model):
+                log.warning("%s: its %d templates are of the retired space %s, which this FaceStream does not "
+                            "search; move them with `facestream gallery reembed --model %s` (exact, no photos "
+                            "needed)", self.path, counts[old], old, space.recognizer.value)
 
     # --- index cache ---------------------------------------------------------------------
 

@@ -292,9 +292,9 @@ class MultiTaskNet:
         return _Aligned(*(np.stack(c) if c else empty for c in chips), points, np.stack(arcface) if arcface else None)
 
     def _embed(self, chips: tuple[np.ndarray | None, np.ndarray | None]) -> np.ndarray:
-        """Embeddings of the configured recognizer (dlib's raw, not normalised; SFace's centred) from (dlib chips,
-        ArcFace chips or SFace's raw embeddings already computed), each given when the
-        recognizer uses it."""
+        """Embeddings of the configured recognizer (dlib's raw, not normalised; SFace's
+        centred) from (dlib chips, ArcFace chips or SFace's raw embeddings already computed),
+        each given when the recognizer uses it."""
         dlib_chips, arcface = chips
         dlib = sface = None
         if self._embedding is not None and dlib_chips is not None:

@@ -99,9 +99,10 @@ def add_parsers(commands: Any) -> None:
     reembed = actions.add_parser(
         "reembed", help="move the gallery to another recognizer from its stored face chips (no photos needed)",
         description="Adds, for every stored face chip, a template of the recognizer named by --model. Templates "
-        "of the old recognizer stay (switch back by configuration). Templates of SFace's retired raw space (before "
-        "its embeddings were centred) are converted exactly where no chip exists. With --publish every identity is published to "
-        "the changelog, so workers receive the new templates. Set models.recognizer to the new one afterwards.")
+        "of the old recognizer stay (switch back by configuration). Templates of SFace's retired raw space "
+        "(before its embeddings were centred) are converted exactly where no chip exists. With --publish every "
+        "identity is published to the changelog, so workers receive the new templates. Set models.recognizer to the "
+        "new one afterwards.")
     reembed.add_argument("--model", required=True, choices=[r.value for r in Recognizer],
                          help="the recognizer to move to")
     add_pipeline_options(reembed)

@@ -4,6 +4,7 @@ upgrade of the raw space FaceStream shipped before (gallery templates, sightings
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -122,7 +123,8 @@ def test_a_sightings_store_of_the_raw_space_is_upgraded_when_opened(tmp_path: Pa
         for n in range(3):
             store.add(sighting(n, centred[n], current))
     raw = raw_from_centred(centred[:3])
-    with sqlite3.connect(tmp_path / "s" / "days" / f"{DAY0.date().isoformat()}.sqlite") as db:  # as the old code wrote it
+    day_file = tmp_path / "s" / "days" / f"{DAY0.date().isoformat()}.sqlite"
+    with sqlite3.connect(day_file) as db:  # as the code before the centre wrote it
         db.execute("UPDATE sightings SET space_id = ?", (RAW_SFACE_SPACE,))
         for n in range(3):
             db.execute("UPDATE vectors SET vector = ? WHERE sighting_id = ?", (raw[n].tobytes(), f"cam:{n}"))
@@ -138,17 +140,20 @@ def test_a_sightings_store_of_the_raw_space_is_upgraded_when_opened(tmp_path: Pa
         np.testing.assert_allclose(in_flight.vectors[0], centred[3], atol=1e-5)
 
 
-def test_a_gallery_of_the_raw_space_converts_its_templates_without_chips(tmp_path: Path, faces) -> None:  # type: ignore[no-untyped-def]
-    """Templates enrolled as vectors (no chip) in the raw space become searchable in the
-    centred one by `gallery reembed`, scoring as templates enrolled there directly; a second
-    run adds nothing."""
+def test_a_gallery_of_the_raw_space_converts_its_templates_without_chips(tmp_path: Path, faces,  # type: ignore[no-untyped-def]
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Opening a gallery of the raw space says how to move it; templates enrolled as vectors
+    (no chip) there become searchable in the centred space by `gallery reembed`, scoring as
+    templates enrolled there directly; a second run adds nothing."""
     centred, people = faces
     old = Gallery(tmp_path / "g.db", model=RAW_SFACE_SPACE, dim=128)
     for person, vector in zip(people, raw_from_centred(centred)):
         old.enrol(person, vector[None])
     old.close()
     space = profile(Recognizer.SFACE)
-    moved = Gallery(tmp_path / "g.db", model=space.model_id, dim=space.dim)
+    with caplog.at_level(logging.WARNING, logger="gallery.gallery"):
+        moved = Gallery(tmp_path / "g.db", model=space.model_id, dim=space.dim)
+    assert "gallery reembed --model sface-2021dec" in caplog.text
     assert moved.stats()["searchable_templates"] == 0
 
     def no_chips(chip):  # type: ignore[no-untyped-def]
