@@ -24,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from engines.errors import FaceStreamError
+from engines.runtime.heap import trim_heap
 from gallery.enrol import FaceSample
 from stream_worker.config import FaceStreamConfig
 
@@ -39,6 +40,8 @@ class InferenceUnavailableError(FaceStreamError):
 PR_SET_PDEATHSIG = 1
 _analyzer = None
 """The worker process's FaceAnalyzer (built by :func:`_start`)."""
+_release_memory = False
+"""Whether the worker gives its buffers back after each request (``runtime.release_memory``)."""
 
 
 def _die_with(parent: int) -> None:
@@ -75,6 +78,8 @@ def _start(config: FaceStreamConfig, niceness: int, parent: int) -> None:
     settings = config.runtime
     if settings.release_memory is None:  # photos of every size: keep no buffers between calls
         settings = settings.model_copy(update={"release_memory": True})
+    global _release_memory
+    _release_memory = bool(settings.release_memory)
     runtime = EngineRuntime(settings)  # lives as long as the process
     store = ModelStore.from_config(config.models)
     _analyzer = FaceAnalyzer(MTCNNDetector.create(config.detector, runtime=runtime, store=store),
@@ -84,7 +89,11 @@ def _start(config: FaceStreamConfig, niceness: int, parent: int) -> None:
 
 def _photo_faces(data: bytes, name: str, max_pixels: int, with_chips: bool) -> list[FaceSample]:
     assert _analyzer is not None, "the worker process was not started"
-    return list(_analyzer.photo_faces(data, name=name, max_pixels=max_pixels, with_chips=with_chips))
+    try:
+        return list(_analyzer.photo_faces(data, name=name, max_pixels=max_pixels, with_chips=with_chips))
+    finally:
+        if _release_memory:  # the request's own buffers (decoded photo, pyramid) go back too
+            trim_heap()
 
 
 def _pid() -> int:
