@@ -81,7 +81,7 @@ def add_parsers(commands: Any) -> None:
 
     centre = actions.add_parser(
         "centre", help="write the identity embedding's common component (the mean unit embedding) from a cache",
-        description="The mean unit embedding of the faces found in the `train` split of --sets, as JSON: the file "
+        description="The mean unit embedding of the faces found in the `train` split of --average, as JSON: the file "
         "FaceStream ships as engines/multitask/weights/sface-centre.json. A new centre is a new embedding space: "
         "its sha256 goes into the space id, and the score statistics and thresholds must be measured again "
         "(benchmarks/eval_recognizers.py).")
@@ -200,8 +200,11 @@ def run_centre(args: argparse.Namespace, config: FaceStreamConfig) -> int:
     mean = common_mean(np.nan_to_num(cache.embedding), rows)
     centre = IdentityCentre(cache.trunk, tuple(float(v) for v in mean), int(rows.sum()), tuple(args.average),
                             "train", data.digest())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(centre.to_json())
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(centre.to_json())
+    except OSError as exc:
+        raise ConfigError(f"cannot write the centre to {args.out}: {exc.strerror or exc}") from None
     print(json.dumps({"out": str(args.out), "faces": centre.faces, "trunk": centre.trunk,
                       "norm": round(float(np.linalg.norm(mean)), 4)}))
     return 0

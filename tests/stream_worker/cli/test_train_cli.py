@@ -88,6 +88,9 @@ def test_train_features_then_heads(small_set: Path, model_store: ModelStore, tmp
     assert centre.faces == int(rows.sum()) and centre.sets == ("utkface", "celeba") and centre.trunk == "sface-v2"
     np.testing.assert_allclose(centre.vector, unit.mean(0), atol=1e-5)
     assert json.loads(done.stdout)["faces"] == centre.faces
+    done = run(["train", "centre", "--data", str(small_set), "--cache", str(cache), "--out", str(tmp_path)],
+               model_store.home)
+    assert done.returncode != 0 and "cannot write the centre" in done.stderr and "Traceback" not in done.stderr
 
     # the same cache and options give the same weights (seeded)
     out2 = tmp_path / "heads2"
