@@ -92,7 +92,7 @@ def test_the_network_embeds_in_the_centred_space(faces) -> None:  # type: ignore
     assert (centred @ centred.T)[off].mean() < (raw @ raw.T)[off].mean() - 0.05
 
 
-def test_the_retired_spaces_map_exactly_into_the_new_ones(faces, dlib_multitask, identity_photos) -> None:  # type: ignore[no-untyped-def]
+def test_the_retired_spaces_map_exactly_into_the_new_ones(faces) -> None:  # type: ignore[no-untyped-def]
     centred, _ = faces
     space, back = upgrade_space(RAW_SFACE_SPACE, raw_from_centred(centred))
     assert space == profile(Recognizer.SFACE).model_id
