@@ -199,12 +199,12 @@ def single_dataset(data, cache) -> dict[str, Any]:
 def identity_methods(data, cache) -> dict[str, Any]:
     import torch
 
+    from engines.multitask.centre import centre_embeddings as centre
     from engines.multitask.centre import shipped_centre
     from engines.multitask.recognizers import SFACE_CENTRE_SHA256
     from engines.training.data import SETS, SPLITS
     from engines.training.identity import (
         IdentityConfig,
-        centre,
         pair_scores,
         train_common,
         train_split,

@@ -325,12 +325,13 @@ class Gallery:
         no chip gave this model a template of the same photo: identities enrolled from vectors
         keep their templates. Idempotent."""
         sources = [old for old, (target, _) in RETIRED_SPACES.items() if target == self.model]
+        templates = list(self.store.iter_templates())
         current: dict[str, list[np.ndarray]] = {}
-        for t in self.store.iter_templates():
+        for t in templates:
             if t.model == self.model:
                 current.setdefault(t.identity_id, []).append(t.embedding)
         converted = 0
-        for t in list(self.store.iter_templates()):
+        for t in templates:
             if t.model not in sources or (t.image_sha256 and self.store.find_image(self.model, t.image_sha256)):
                 continue
             _, vector = upgrade_space(t.model, unit(t.embedding[None], RETIRED_SPACES[t.model][1]))

@@ -11,7 +11,8 @@
   ages (masked per sample).
 - :class:`CommonComponent` (MIR, Cheng et al.): a small network predicts the component all
   faces share, ``c = C(e)``; matching uses the "character" ``e - c``. The baseline it must
-  beat is subtracting the training mean embedding (:func:`centre`).
+  beat is subtracting the training mean embedding
+  (:func:`engines.multitask.centre.centre_embeddings`, what the shipped SFace space does).
 
 Both are judged by verification on CelebA ``test`` pairs
 (:func:`engines.training.identity.true_match_rate`); the issue's rule: ship only if it
@@ -35,11 +36,6 @@ AGE_CENTRE, AGE_SCALE = 40.0, 20.0
 
 def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def centre(embeddings: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """Mean-centring (the intra-representation baseline): unit(e - mean)."""
-    return unit(embeddings - mean)
 
 
 def pair_scores(vectors: np.ndarray, identity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -181,7 +177,7 @@ def train_common(embeddings: np.ndarray, identity: np.ndarray, *, epochs: int = 
 
 def common_mean(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The mean unit embedding over ``rows`` (a boolean mask of faces found): the common
-    component :func:`centre` removes."""
+    component :func:`engines.multitask.centre.centre_embeddings` removes."""
     if not rows.any():
         raise ValueError("no faces to average")
     return unit(embeddings[rows].astype(np.float64)).mean(axis=0).astype(np.float32)
